@@ -1,0 +1,113 @@
+"""The canonical checkpoint: a torchvision ResNet backbone state dict plus where it came from.
+
+Every reader returns a :class:`CanonicalCheckpoint`; every writer takes one. Matching is strict:
+the key set must equal the architecture's backbone key set and every shape must agree, otherwise
+:class:`~sslbench.errors.CheckpointError` lists the missing, unexpected and mis-shaped keys.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from sslbench.errors import CheckpointError
+from sslbench.models.resnet import _DEPTHS, SMALL_STEM_SUFFIX, backbone_shapes
+
+StateDict = dict[str, torch.Tensor]
+
+_BN_COUNTER = "num_batches_tracked"
+_SHOWN = 8  # keys listed per category in a mismatch message
+
+
+@dataclass(frozen=True)
+class CanonicalCheckpoint:
+    """A backbone in torchvision names (no ``fc``) and its provenance."""
+
+    state_dict: StateDict
+    arch: str
+    source_format: str
+    source_path: str
+    sha256: str
+    key: str | None = None
+    container: str = "torch"
+    dropped: dict[str, int] = field(default_factory=dict)  # dropped group -> number of tensors
+    other_entries: tuple[str, ...] = ()  # non-weight top-level entries (optimizer, epoch, ...)
+    filled: tuple[str, ...] = ()  # keys absent from the source and filled (BN counters only)
+
+    @property
+    def num_parameters(self) -> int:
+        """Learnable parameters (BN running statistics and counters excluded)."""
+        return sum(
+            t.numel()
+            for k, t in self.state_dict.items()
+            if not k.endswith(("running_mean", "running_var", _BN_COUNTER))
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-able provenance, as stored in result records."""
+        return {
+            "path": self.source_path,
+            "sha256": self.sha256,
+            "format": self.source_format,
+            "key": self.key,
+            "arch": self.arch,
+        }
+
+
+def _preview(items: list[str]) -> str:
+    shown = ", ".join(items[:_SHOWN])
+    return shown + (f", ... and {len(items) - _SHOWN} more" if len(items) > _SHOWN else "")
+
+
+def infer_arch(state_dict: StateDict, where: str) -> str:
+    """Name the torchvision ResNet that ``state_dict`` (canonical names) belongs to."""
+    keys = set(state_dict)
+    if "conv1.weight" not in keys or not any(k.startswith("layer4.") for k in keys):
+        hint = ""
+        if any(k.rsplit(".", 1)[-1] in ("cls_token", "pos_embed") or ".blocks." in f".{k}" for k in keys):
+            hint = " It looks like a Vision Transformer (cls_token / pos_embed / blocks.*);"
+            hint += " sslbench reads ResNet backbones only."
+        raise CheckpointError(
+            f"{where}: no ResNet backbone found (expected keys conv1.weight and layer1..layer4.*; "
+            f"found {_preview(sorted(keys))}).{hint}"
+        )
+    blocks = []
+    for stage in range(1, 5):
+        indices = {int(m.group(1)) for k in keys if (m := re.match(rf"layer{stage}\.(\d+)\.", k))}
+        blocks.append(max(indices) + 1 if indices else 0)
+    kind = "bottleneck" if "layer1.0.conv3.weight" in keys else "basic"
+    # The closest depth of the same block type; an inexact match then fails strict matching,
+    # which names the missing or unexpected blocks.
+    candidates = [(name, depths) for name, (depths, block) in _DEPTHS.items() if block == kind]
+    name, _ = min(candidates, key=lambda c: sum(abs(a - b) for a, b in zip(c[1], blocks, strict=True)))
+    small = state_dict["conv1.weight"].shape[-1] == 3
+    return name + (SMALL_STEM_SUFFIX if small else "")
+
+
+def match_backbone(state_dict: StateDict, arch: str, where: str) -> tuple[StateDict, tuple[str, ...]]:
+    """Check ``state_dict`` against ``arch`` strictly; return it in canonical key order.
+
+    Missing BatchNorm ``num_batches_tracked`` counters (absent from some exporters) are filled with
+    zeros and reported; anything else missing, unexpected or mis-shaped is an error.
+    """
+    expected = backbone_shapes(arch)
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = sorted(k for k in state_dict if k not in expected)
+    misshaped = [
+        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs {arch} {tuple(shape)}"
+        for k, shape in expected.items()
+        if k in state_dict and state_dict[k].shape != shape
+    ]
+    filled = tuple(k for k in missing if k.endswith(_BN_COUNTER))
+    missing = [k for k in missing if not k.endswith(_BN_COUNTER)]
+    if missing or unexpected or misshaped:
+        lines = [f"{where} does not match {arch}:"]
+        for label, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
+            if items:
+                lines.append(f"  {label} ({len(items)}): {_preview(items)}")
+        raise CheckpointError("\n".join(lines))
+    ordered = {k: (state_dict[k] if k in state_dict else torch.zeros((), dtype=torch.long)) for k in expected}
+    return ordered, filled

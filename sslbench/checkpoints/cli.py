@@ -1,0 +1,98 @@
+"""``sslbench inspect`` and ``sslbench convert``, and the checkpoint options every command shares."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from sslbench.checkpoints.canonical import CanonicalCheckpoint
+from sslbench.checkpoints.formats import FORMATS
+from sslbench.checkpoints.readers import read_checkpoint
+from sslbench.checkpoints.writers import WRITERS
+from sslbench.models.resnet import ARCHS
+
+
+def add_checkpoint_arguments(parser: argparse.ArgumentParser, positional: bool = True) -> None:
+    """``CKPT --from --key --arch --trust-checkpoint``: how every command reads a checkpoint."""
+    if positional:
+        parser.add_argument(
+            "checkpoint", type=Path, metavar="CKPT", help="checkpoint file, any supported format"
+        )
+    parser.add_argument("--from", dest="source_format", choices=list(FORMATS), help="force the format")
+    parser.add_argument(
+        "--key", help="state dict entry to read, e.g. model_ema (PyContrast) or student (DINO)"
+    )
+    parser.add_argument("--arch", choices=ARCHS, help="force the architecture (default: inferred)")
+    parser.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="allow arbitrary pickled objects (can run code; only for files from a source you trust)",
+    )
+
+
+def checkpoint_from_args(args: argparse.Namespace, path: Path | None = None) -> CanonicalCheckpoint:
+    return read_checkpoint(
+        path or args.checkpoint,
+        fmt=args.source_format,
+        key=args.key,
+        arch=args.arch,
+        trust=args.trust_checkpoint,
+    )
+
+
+def _summary(ckpt: CanonicalCheckpoint) -> dict[str, object]:
+    return {
+        "path": ckpt.source_path,
+        "format": ckpt.source_format,
+        "container": ckpt.container,
+        "key": ckpt.key,
+        "arch": ckpt.arch,
+        "parameters": ckpt.num_parameters,
+        "tensors": len(ckpt.state_dict),
+        "sha256": ckpt.sha256,
+        "dropped": ckpt.dropped,
+        "other_entries": list(ckpt.other_entries),
+        "filled": list(ckpt.filled),
+    }
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    info = _summary(checkpoint_from_args(args))
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"{'path':12s} {info['path']}")
+    print(f"{'format':12s} {info['format']} (container {info['container']}, entry {info['key'] or '-'})")
+    print(f"{'arch':12s} {info['arch']}")
+    print(f"{'parameters':12s} {info['parameters']:,} in {info['tensors']} tensors")
+    print(f"{'sha256':12s} {info['sha256']}")
+    dropped = ", ".join(f"{g} ({n})" for g, n in info["dropped"].items()) or "nothing"
+    print(f"{'dropped':12s} {dropped}")
+    if info["other_entries"]:
+        print(f"{'also held':12s} {', '.join(info['other_entries'])}")
+    if info["filled"]:
+        print(f"{'filled':12s} {len(info['filled'])} BN counters absent from the file, set to 0")
+    return 0
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    ckpt = checkpoint_from_args(args)
+    WRITERS[args.to](ckpt, args.output)
+    print(f"wrote {args.output} ({args.to}, {ckpt.arch}, from {ckpt.source_format})")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("inspect", help="detect a checkpoint's format and describe its backbone")
+    add_checkpoint_arguments(p)
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(run=run_inspect)
+
+    p = subparsers.add_parser(
+        "convert", help="convert a checkpoint to torchvision, safetensors or detectron2"
+    )
+    add_checkpoint_arguments(p)
+    p.add_argument("--to", required=True, choices=list(WRITERS))
+    p.add_argument("-o", "--output", type=Path, required=True, help="output file")
+    p.set_defaults(run=run_convert)

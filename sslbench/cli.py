@@ -1,0 +1,44 @@
+"""The ``sslbench`` command: one subcommand per job.
+
+Each subpackage registers its own subcommands; heavy imports happen inside the handlers so that
+``sslbench --help`` is fast and optional dependencies (detectron2) are needed only by their command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from sslbench import __version__
+from sslbench.checkpoints import cli as checkpoints_cli
+from sslbench.errors import SslbenchError
+
+REGISTRARS = (checkpoints_cli.register,)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sslbench", description="Evaluate self-supervised ResNet checkpoints the way papers do."
+    )
+    parser.add_argument("--version", action="version", version=f"sslbench {__version__}")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for register in REGISTRARS:
+        register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except SslbenchError as exc:
+        print(f"sslbench {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"sslbench {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

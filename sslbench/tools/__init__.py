@@ -1,0 +1,1 @@
+"""Result records, the leaderboard, plots, and the end-to-end suite runner."""
