@@ -1,0 +1,1 @@
+"""Real dataset readers, protocol transforms, fixture writers and the built-in default data."""

@@ -1,0 +1,33 @@
+"""Validation splits where a dataset has no official one: a seeded, stratified 20% of train.
+
+As in ssl-transfer (Ericsson et al. 2021): hyper-parameters are chosen on this split, then the
+model is refit on train+val ("trainval") and tested once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+VAL_FRACTION = 0.2
+SPLIT_SEED = 0
+
+
+def stratified_holdout(
+    targets: Sequence[int], fraction: float = VAL_FRACTION, seed: int = SPLIT_SEED
+) -> tuple[list[int], list[int]]:
+    """Indices ``(kept, held_out)``: ``fraction`` of each class held out (at least one where a class
+    has two or more samples), chosen by a fixed seed so every run sees the same split."""
+    rng = np.random.default_rng(seed)
+    targets_arr = np.asarray(targets)
+    held: list[int] = []
+    for label in np.unique(targets_arr):
+        members = np.flatnonzero(targets_arr == label)
+        # at least one held out (and one kept) wherever a class has two or more samples
+        wanted = round(fraction * len(members))
+        n_held = min(max(wanted, 1), len(members) - 1) if len(members) >= 2 else 0
+        held.extend(rng.permutation(members)[:n_held].tolist())
+    held_set = set(held)
+    kept = [i for i in range(len(targets_arr)) if i not in held_set]
+    return kept, sorted(held)
