@@ -21,6 +21,7 @@ from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog
 from detectron2.engine import DefaultTrainer, default_setup, launch
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluator, PascalVOCDetectionEvaluator
+from detectron2.utils.logger import setup_logger
 from torch import nn
 
 from sslbench.checkpoints.canonical import CanonicalCheckpoint
@@ -78,11 +79,13 @@ def verify_backbone_loaded(model: nn.Module, weights: str | Path) -> int:
 
 
 def _reset_detectron2_logging() -> None:
-    """Drop the handlers of a previous seed so each ``log.txt`` and the console hold one run each."""
+    """Drop the handlers of a previous run in this process, so each ``log.txt`` and the console show
+    one run each (``setup_logger`` is cached per folder: clear it so a resumed run logs again)."""
     for name in ("detectron2", "fvcore"):
         logger = logging.getLogger(name)
         for handler in list(logger.handlers):
             logger.removeHandler(handler)
+    setup_logger.cache_clear()
 
 
 def build_trainer(cfg: CfgNode, resume: bool) -> DetectionTrainer:
