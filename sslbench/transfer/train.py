@@ -149,6 +149,13 @@ def _dataset_info(cfg: CfgNode) -> dict[str, Any]:
     }
 
 
+def _check_devices(device: str, num_gpus: int) -> None:
+    if device == "cpu" and num_gpus > 1:  # Detectron2 wraps the model in DDP with device_ids=[local rank]
+        raise ConfigError(f"--num-gpus {num_gpus} on CPU: Detectron2 trains on CPU in one process only")
+    if device == "cuda" and num_gpus > torch.cuda.device_count():
+        raise ConfigError(f"--num-gpus {num_gpus}, but this machine has {torch.cuda.device_count()} GPUs")
+
+
 def _check_run_folder(folder: Path, resume: bool) -> bool:
     """Whether this seed is already done; refuses to overwrite a previous run unless resuming."""
     record = folder / RECORD_NAME
@@ -201,6 +208,7 @@ def run_detection(
             overrides=overrides,
         )
         check_world_size(cfg, world_size)
+        _check_devices(cfg.MODEL.DEVICE, num_gpus)
         check_datasets(cfg.DATASETS.TRAIN, cfg.DATASETS.TEST, cfg.MODEL.ROI_HEADS.NUM_CLASSES)
         configs.append((seed, cfg, _check_run_folder(Path(cfg.OUTPUT_DIR), resume)))
     write_detectron2(ckpt, weights)
