@@ -13,8 +13,9 @@ from collections.abc import Sequence
 from sslbench import __version__
 from sslbench.checkpoints import cli as checkpoints_cli
 from sslbench.errors import SslbenchError
+from sslbench.transfer import cli as transfer_cli
 
-REGISTRARS = (checkpoints_cli.register,)
+REGISTRARS = (checkpoints_cli.register, transfer_cli.register)
 
 
 def build_parser() -> argparse.ArgumentParser:

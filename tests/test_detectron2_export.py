@@ -1,4 +1,5 @@
-"""Our Detectron2 .pkl loads into Detectron2's own R50-C4: every backbone and res5 tensor, nothing else."""
+"""Our Detectron2 .pkl loads into the R50-C4 of our VOC config (with ``Res5ROIHeadsExtraNorm``): every
+backbone and res5 tensor; only the heads (RPN, box predictor, the extra res5 norm) keep their init."""
 
 from __future__ import annotations
 
@@ -6,8 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from checkpoint_sources import SOURCES, backbone_of
-from torchvision import models as tvm
+from checkpoint_sources import SOURCES, backbone_of, resnet
 
 from sslbench.checkpoints import read_checkpoint
 from sslbench.checkpoints.detectron2_names import to_detectron2
@@ -16,27 +16,18 @@ from sslbench.checkpoints.writers import write_detectron2
 pytestmark = pytest.mark.detectron2
 
 
-def _r50_c4_model():  # MoCo's VOC R50-C4 settings on top of Detectron2's own base config
-    from detectron2.config import get_cfg
+def _r50_c4_model():  # the detector `sslbench detect --task voc` trains, from our shipped config
     from detectron2.modeling import build_model
 
-    cfg = get_cfg()  # Detectron2's defaults are the R50-C4 Faster R-CNN (res4 features, Res5ROIHeads)
-    cfg.MODEL.RESNETS.DEPTH = 50
-    cfg.MODEL.ROI_HEADS.NUM_CLASSES = 20
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.RESNETS.NORM = "BN"  # SyncBN in training; same parameters, and usable on one CPU process
-    cfg.MODEL.RESNETS.STRIDE_IN_1X1 = False
-    cfg.MODEL.BACKBONE.FREEZE_AT = 0
-    cfg.INPUT.FORMAT = "RGB"
-    cfg.MODEL.PIXEL_MEAN = [123.675, 116.280, 103.530]
-    cfg.MODEL.PIXEL_STD = [58.395, 57.120, 57.375]
-    return build_model(cfg)
+    from sslbench.transfer.config import build_config
+
+    return build_model(build_config("voc", device="cpu"))  # CPU: plain BN, same parameters as naiveSyncBN
 
 
 def test_detectron2_checkpointer_loads_every_backbone_tensor(tmp_path: Path) -> None:
     from detectron2.checkpoint import DetectionCheckpointer
 
-    model = tvm.resnet50()
+    model = resnet("resnet50", seed=1)  # non-trivial BN statistics, so equality means something
     ckpt = read_checkpoint(torch.save(SOURCES["moco_v2"](model), tmp_path / "m.pth") or tmp_path / "m.pth")
     pkl = tmp_path / "r50.pkl"
     write_detectron2(ckpt, pkl)
@@ -56,5 +47,11 @@ def test_detectron2_checkpointer_loads_every_backbone_tensor(tmp_path: Path) -> 
         if name in expected:
             assert torch.equal(value, expected[name].to(value.dtype)), name
         else:  # heads keep their initialisation
-            assert name.startswith(("proposal_generator.", "roi_heads.box_predictor.")), name
+            assert name.startswith(
+                ("proposal_generator.", "roi_heads.box_predictor.", "roi_heads.res5.norm.")
+            ), name
             assert torch.equal(value, before[name]), name
+    extra_norm = {
+        k.removeprefix("roi_heads.res5.norm.") for k in after if k.startswith("roi_heads.res5.norm.")
+    }
+    assert extra_norm == {"weight", "bias", "running_mean", "running_var", "num_batches_tracked"}
