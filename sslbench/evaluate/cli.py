@@ -117,8 +117,10 @@ def _common_settings(run: _Run, transform: Any) -> dict[str, Any]:
 
 
 def _print_metrics(label: str, metrics: dict[str, float]) -> None:
-    print(f"{label:24s} top1 {metrics['top1']:6.2f}  top5 {metrics['top5']:6.2f}  "
-          f"mean/class {metrics['mean_per_class']:6.2f}")  # fmt: skip
+    print(
+        f"{label:24s} top1 {metrics['top1']:6.2f}  top5 {metrics['top5']:6.2f}  "
+        f"mean/class {metrics['mean_per_class']:6.2f}"
+    )
 
 
 def run_knn(args: argparse.Namespace) -> int:

@@ -191,7 +191,10 @@ def train_linear_head(
     loss_fn = nn.CrossEntropyLoss()
     for epoch in range(run.resumed_from, settings.epochs):
         head.train()
-        total_loss, correct, seen = 0.0, 0, 0
+        # summed on the device: no host sync per step
+        total_loss = torch.zeros((), device=device)
+        correct = torch.zeros((), dtype=torch.long, device=device)
+        seen = 0
         lr = optimizer.param_groups[0]["lr"]
         batches = tqdm(
             loader_for_epoch(epoch),
@@ -212,12 +215,17 @@ def train_linear_head(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total_loss += float(loss) * len(labels)
-            correct += int((logits.argmax(1) == labels).sum())
+            total_loss += loss.detach() * len(labels)
+            correct += (logits.detach().argmax(1) == labels).sum()
             seen += len(labels)
         scheduler.step()
         run.history.append(
-            {"epoch": epoch + 1, "lr": lr, "loss": total_loss / seen, "train_top1": 100.0 * correct / seen}
+            {
+                "epoch": epoch + 1,
+                "lr": lr,
+                "loss": float(total_loss) / seen,
+                "train_top1": 100.0 * int(correct) / seen,
+            }
         )
         if state_path is not None:
             torch_save(

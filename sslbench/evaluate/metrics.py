@@ -29,8 +29,10 @@ class AccuracyTally:
     def update(self, scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Add a batch; returns its top-1 predictions ``(M,)``."""
         if scores.ndim != 2 or scores.shape[1] != self.num_classes or len(scores) != len(labels):
-            raise ValueError(f"expected scores (M, {self.num_classes}) and labels (M,), got "
-                             f"{tuple(scores.shape)} and {tuple(labels.shape)}")  # fmt: skip
+            raise ValueError(
+                f"expected scores (M, {self.num_classes}) and labels (M,), got "
+                f"{tuple(scores.shape)} and {tuple(labels.shape)}"
+            )
         scores, labels = scores.float().cpu(), labels.long().cpu()
         top = scores.topk(min(max(TOPK), self.num_classes), dim=1)
         # a -inf score is "no prediction": it can fill a top-5 slot but never counts as a hit
