@@ -65,6 +65,14 @@ def test_faiss_knn_equals_brute_force_vote_for_every_k_and_temperature() -> None
     assert min(top1) > 20 and max(top1) < 95  # a non-trivial problem, or the comparison proves little
 
 
+def test_knn_with_a_small_temperature_still_equals_the_oracle() -> None:
+    # T=0.01 (in solo-learn's grid): exp(sim/T) leaves float32's range; the vote must not lose votes
+    train, train_y, test, test_y = clustered_features(2000, 300, 8, 6, spread=2.0, seed=6)
+    settings = [(200, 0.01), (20, 0.01)]
+    outcomes = knn_classify(train, train_y, test, test_y, settings)
+    _assert_matches_oracle(outcomes, train, train_y, test, test_y, settings)
+
+
 def test_knn_query_chunking_does_not_change_results() -> None:
     train, train_y, test, test_y = clustered_features(500, 123, 16, 5, spread=2.0, seed=1)
     whole = knn_classify(train, train_y, test, test_y, chunk_size=10_000)

@@ -6,16 +6,17 @@ largest summed vote is the prediction (DINO ``eval_knn.knn_classifier``). Defaul
 {10, 20, 100, 200} at T=0.07 as in DINO ``eval_knn.py`` (k=20 its primary), and k=200 at T=0.1 as
 in InstDisc / lightly / VISSL.
 
-One exact FAISS ``IndexFlatIP`` search of the largest k serves every (k, T): neighbours come back
+One exact FAISS inner-product search of the largest k serves every (k, T): neighbours come back
 sorted, so the first k columns are the k nearest. Queries go in chunks, so memory holds a chunk's
-neighbours and class scores, never the ``(N, M)`` similarity matrix. The index lives on the GPU
-when faiss was built with GPU support and CUDA is there. Labels may be any integers: they are
+neighbours and class scores, never the ``(N, M)`` similarity matrix (FAISS itself works in
+4096 x 1024 BLAS blocks). The search runs on the GPU (``GpuIndexFlatIP``) when faiss was built
+with GPU support and CUDA is there. Labels may be any integers: they are
 remapped to ``0..C-1`` over the classes seen in train and test, C counted from the data.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import faiss
@@ -53,23 +54,53 @@ def use_gpu_index() -> bool:
     return faiss.get_num_gpus() > 0 and torch.cuda.is_available()
 
 
-def build_index(train: np.ndarray, gpu: bool | None = None) -> faiss.Index:
-    """An exact inner-product index over ``train (N, D)``: on the current GPU when possible."""
-    gpu = use_gpu_index() if gpu is None else gpu
-    if gpu:
-        resources = faiss.StandardGpuResources()
-        config = faiss.GpuIndexFlatConfig()
-        config.device = torch.cuda.current_device()
-        index = faiss.GpuIndexFlatIP(resources, train.shape[1], config)
-        index.resources = resources  # keep the resources alive as long as the index
-    else:
-        index = faiss.IndexFlatIP(train.shape[1])
-    index.add(train)
-    return index
-
-
 def index_description(gpu: bool) -> str:
-    return "faiss.GpuIndexFlatIP" if gpu else "faiss.IndexFlatIP"
+    return "faiss.GpuIndexFlatIP" if gpu else "faiss.knn (IndexFlatIP's exact inner-product search)"
+
+
+class ExactSearch:
+    """Exact inner-product search over the L2-normalised bank ``train_features (N, D)``.
+
+    On the GPU, a ``GpuIndexFlatIP`` holds the bank. On the CPU, ``faiss.knn`` runs the routine
+    ``IndexFlatIP.search`` runs (``knn_inner_product``: BLAS blocks, a k-heap per query) directly
+    on our normalised copy: an ``IndexFlatIP`` would keep a second copy of the bank (10 GB for
+    ImageNet at 2048-d) and re-allocate it as rows are added.
+    """
+
+    def __init__(self, train_features: torch.Tensor, gpu: bool | None = None, chunk_size: int = 8192) -> None:
+        self.gpu = use_gpu_index() if gpu is None else gpu
+        self.size, dim = train_features.shape
+        bank = np.empty((self.size, dim), dtype=np.float32)
+        for start in range(0, self.size, chunk_size):  # normalised chunk by chunk: one copy in all
+            bank[start : start + chunk_size] = l2_normalise(train_features[start : start + chunk_size])
+        if self.gpu:
+            self.resources = faiss.StandardGpuResources()
+            config = faiss.GpuIndexFlatConfig()
+            config.device = torch.cuda.current_device()
+            self.index = faiss.GpuIndexFlatIP(self.resources, dim, config)
+            self.index.add(bank)
+        else:
+            self.bank = bank
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Similarities and ids ``(B, k)`` of the k nearest bank rows of unit ``queries (B, D)``,
+        nearest first."""
+        if self.gpu:
+            return self.index.search(queries, k)
+        return faiss.knn(queries, self.bank, k, metric=faiss.METRIC_INNER_PRODUCT)
+
+
+def nearest_neighbours(
+    search: ExactSearch,
+    queries: torch.Tensor,
+    k: int,
+    chunk_size: int = QUERY_CHUNK,
+    progress: bool = False,
+) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """``(start, sims (B, k), ids (B, k))`` for consecutive chunks of ``queries (M, D)``
+    (L2-normalised chunk by chunk), nearest first."""
+    for start in tqdm(range(0, len(queries), chunk_size), desc="kNN", unit="chunk", disable=not progress):
+        yield start, *search.search(l2_normalise(queries[start : start + chunk_size]), k)
 
 
 def knn_classify(
@@ -109,25 +140,32 @@ def knn_classify(
     test_y = torch.searchsorted(classes, test_labels)
     num_classes = len(classes)
 
-    index = build_index(l2_normalise(train_features), gpu)
-    queries = l2_normalise(test_features)
+    search = ExactSearch(train_features, gpu)
     k_max = min(max(k for k, _ in settings), len(train_y))
     tallies = {s: AccuracyTally(num_classes) for s in settings}
     predictions: dict[tuple[int, float], list[torch.Tensor]] = {s: [] for s in settings}
-    starts = range(0, len(queries), chunk_size)
-    for start in tqdm(starts, desc="kNN", unit="chunk", disable=not progress):
-        sims, neighbours = index.search(queries[start : start + chunk_size], k_max)
-        sims_t = torch.from_numpy(sims)
-        votes_for = train_y[torch.from_numpy(neighbours)]  # (chunk, k_max) class of each neighbour
+    ks_of: dict[float, list[int]] = {}
+    for k, temperature in settings:
+        ks_of.setdefault(temperature, []).append(k)
+    for start, sims, neighbours in nearest_neighbours(search, test_features, k_max, chunk_size, progress):
+        votes_for = train_y[torch.from_numpy(neighbours)]  # (B, k_max) class of each neighbour
         labels = test_y[start : start + chunk_size]
-        for setting in settings:
-            k = min(setting[0], k_max)
-            weights = (sims_t[:, :k] / setting[1]).exp()
-            scores = torch.zeros(len(labels), num_classes).scatter_add_(1, votes_for[:, :k], weights)
-            voted = torch.zeros(len(labels), num_classes, dtype=torch.bool)
-            voted.scatter_(1, votes_for[:, :k], True)
-            scores.masked_fill_(~voted, float("-inf"))  # a class without a vote is never predicted
-            predictions[setting].append(classes[tallies[setting].update(scores, labels)])
+        for temperature, ks in ks_of.items():
+            # exp((sim - 1)/T) = exp(sim/T) * exp(-1/T): the same ranking, and it never overflows
+            shifted = (torch.from_numpy(sims).clamp(max=1.0) - 1.0) / temperature
+            weights = shifted.exp()
+            if not bool((weights > 0).all()):  # T < 0.023: float32 underflows; float64 holds it
+                weights = shifted.double().exp_()
+                if not bool((weights > 0).all()):
+                    raise ValueError(f"T={temperature} is too small: exp(sim/T) underflows float64")
+            scores = torch.zeros(len(labels), num_classes, dtype=weights.dtype)
+            done = 0
+            for k in sorted(set(ks)):  # votes of the k nearest = those of the previous k plus the next ones
+                k_used = min(k, k_max)
+                scores.scatter_add_(1, votes_for[:, done:k_used], weights[:, done:k_used])
+                done = k_used
+                top1 = tallies[(k, temperature)].update(scores, labels, zero_is_no_vote=True)
+                predictions[(k, temperature)].append(classes[top1])
     return {
         (k, t): KnnOutcome(k, t, min(k, k_max), tallies[(k, t)].result(), torch.cat(predictions[(k, t)]))
         for k, t in settings

@@ -5,8 +5,8 @@ recall: the mean of the diagonal of the row-normalised confusion matrix, FGVC-Ai
 metric (and ssl-transfer's for Aircraft, Flowers, Pets, Caltech-101). It is accumulated from
 per-class counts, never a ``C x C`` matrix (iNat18 has 8,142 classes).
 
-Scores are ``(M, C)``; a class scored ``-inf`` is never a prediction (a kNN class that got no
-vote), even where fewer than five classes scored.
+Scores are ``(M, C)``; a class scored ``-inf`` (or 0, for kNN vote sums) is never a prediction,
+even where fewer than five classes scored: a kNN class that got no vote is not a top-5 hit.
 """
 
 from __future__ import annotations
@@ -26,8 +26,11 @@ class AccuracyTally:
         self.class_count = torch.zeros(num_classes, dtype=torch.long)
         self.class_correct = torch.zeros(num_classes, dtype=torch.long)
 
-    def update(self, scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Add a batch; returns its top-1 predictions ``(M,)``."""
+    def update(
+        self, scores: torch.Tensor, labels: torch.Tensor, zero_is_no_vote: bool = False
+    ) -> torch.Tensor:
+        """Add a batch; returns its top-1 predictions ``(M,)``. With ``zero_is_no_vote`` (kNN vote
+        sums, positive wherever a class got a vote) a score of 0 is "no prediction" like -inf."""
         if scores.ndim != 2 or scores.shape[1] != self.num_classes or len(scores) != len(labels):
             raise ValueError(
                 f"expected scores (M, {self.num_classes}) and labels (M,), got "
@@ -36,7 +39,8 @@ class AccuracyTally:
         scores, labels = scores.float().cpu(), labels.long().cpu()
         top = scores.topk(min(max(TOPK), self.num_classes), dim=1)
         # a -inf score is "no prediction": it can fill a top-5 slot but never counts as a hit
-        hit = (top.indices == labels[:, None]) & torch.isfinite(top.values)
+        scored = top.values > 0 if zero_is_no_vote else torch.isfinite(top.values)
+        hit = (top.indices == labels[:, None]) & scored
         for k in TOPK:
             self.hits[k] += int(hit[:, :k].any(dim=1).sum())
         self.total += len(labels)
