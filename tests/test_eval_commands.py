@@ -200,3 +200,16 @@ def test_knn_command_with_a_wrong_root_exits_2_naming_the_missing_file(
     err = capsys.readouterr().err
     assert "images.txt not found" in err and "Traceback" not in err
     assert not (tmp_path / "o" / "result.json").exists()
+
+
+@pytest.mark.gpu
+def test_cuda_extraction_with_bf16_autocast_stays_close_to_fp32_cpu() -> None:
+    torch.manual_seed(0)
+    model = resnet("resnet18", seed=0)
+    model.fc = nn.Identity()
+    loader = DataLoader(TensorDataset(torch.randn(8, 3, 64, 64), torch.arange(8)), batch_size=4)
+    cpu, _ = extract_features(model, loader, "cpu", progress=False)
+    gpu, labels = extract_features(model, loader, "cuda", progress=False)
+    assert gpu.device.type == "cpu" and gpu.dtype == torch.float32 and torch.equal(labels, torch.arange(8))
+    cosine = torch.nn.functional.cosine_similarity(cpu, gpu, dim=1)
+    assert bool((cosine > 0.99).all())
