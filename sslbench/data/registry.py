@@ -3,6 +3,9 @@
 Every dataset exposes the splits ``train``, ``val``, ``trainval`` and ``test``. ``val`` is the
 official validation split where the dataset has one, else a seeded stratified 20% of train (then
 ``train`` is the other 80% and ``trainval`` the official train set).
+
+Some datasets take options (``imagefolder``: ``class_list``, the ImageNet-100 wnid file), passed
+as keywords: ``build_dataset("imagefolder", root, "trainval", t, class_list="in100.txt")``.
 """
 
 from __future__ import annotations
@@ -10,9 +13,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sslbench.data import builtin
+from sslbench.data.aircraft import aircraft
 from sslbench.data.base import LabeledImages, Transform
+from sslbench.data.cub import cub200
+from sslbench.data.imagefolder import imagefolder
+from sslbench.data.inat import inat18
 from sslbench.errors import DatasetError
 
 SPLITS = ("train", "val", "trainval", "test")
@@ -21,10 +29,12 @@ SPLITS = ("train", "val", "trainval", "test")
 @dataclass(frozen=True)
 class DatasetSpec:
     name: str
-    build: Callable[[Path | None, str, Transform | None], LabeledImages]
+    build: Callable[..., LabeledImages]  # (root, split, transform, **options)
     needs_root: bool
     official_val: bool
     description: str
+    options: tuple[str, ...] = ()  # keyword options ``build`` accepts
+    headline_metric: str = "top1"  # what validation selects on and tables lead with
 
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -44,19 +54,61 @@ DATASETS: dict[str, DatasetSpec] = {
             False,
             f"Fashion-MNIST IDX files (default root {builtin.FASHION_MNIST_ROOT})",
         ),
+        DatasetSpec(
+            "cub200",
+            lambda root, split, t: cub200(root, split, t),
+            True,
+            False,
+            "CUB-200-2011: the CUB_200_2011/ folder of the official tarball",
+        ),
+        # mean per-class accuracy is Aircraft's official metric (and ssl-transfer selects C on it)
+        *(
+            DatasetSpec(
+                "aircraft" if level == "variant" else f"aircraft-{level}",
+                lambda root, split, t, level=level: aircraft(root, split, t, level=level),
+                True,
+                True,
+                f"FGVC-Aircraft 2013b at {level} level: the fgvc-aircraft-2013b/ folder",
+                headline_metric="mean_per_class",
+            )
+            for level in ("variant", "family", "manufacturer")
+        ),
+        DatasetSpec(
+            "inat18",
+            lambda root, split, t: inat18(root, split, t),
+            True,
+            False,
+            "iNaturalist 2018: train2018.json, val2018.json and train_val2018/ (val2018 is the test split)",
+        ),
+        DatasetSpec(
+            "imagefolder",
+            lambda root, split, t, class_list=None: imagefolder(root, split, t, class_list=class_list),
+            True,
+            False,
+            "ImageNet-style ROOT/train/<class>/ and ROOT/val/<class>/ (val is the test split)",
+            options=("class_list",),
+        ),
     )
 }
 
 
 def build_dataset(
-    name: str, root: str | Path | None, split: str, transform: Transform | None = None
+    name: str, root: str | Path | None, split: str, transform: Transform | None = None, **options: Any
 ) -> LabeledImages:
-    """The ``split`` of dataset ``name`` read from ``root`` (its on-disk layout as downloaded)."""
+    """The ``split`` of dataset ``name`` read from ``root`` (its on-disk layout as downloaded).
+
+    ``options`` are dataset-specific keywords (see ``DatasetSpec.options``); ``None`` values are
+    ignored, so command lines can pass their optional flags through unchanged."""
     if name not in DATASETS:
         raise DatasetError(f"unknown dataset {name!r}; expected one of {', '.join(DATASETS)}")
     if split not in SPLITS:
         raise DatasetError(f"{name}: unknown split {split!r}; expected one of {', '.join(SPLITS)}")
     spec = DATASETS[name]
+    options = {k: v for k, v in options.items() if v is not None}
+    unknown = sorted(set(options) - set(spec.options))
+    if unknown:
+        accepted = ", ".join(spec.options) or "none"
+        raise DatasetError(f"{name}: unknown option(s) {', '.join(unknown)} (accepted: {accepted})")
     if spec.needs_root and root is None:
         raise DatasetError(f"{name}: --root is required ({spec.description})")
-    return spec.build(Path(root) if root is not None else None, split, transform)
+    return spec.build(Path(root) if root is not None else None, split, transform, **options)

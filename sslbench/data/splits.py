@@ -21,13 +21,15 @@ def stratified_holdout(
     has two or more samples), chosen by a fixed seed so every run sees the same split."""
     rng = np.random.default_rng(seed)
     targets_arr = np.asarray(targets)
+    # group indices by label in one sort (a scan per class would be O(N * C): 3.5e9 steps on iNat18)
+    order = np.argsort(targets_arr, kind="stable")
+    labels, starts = np.unique(targets_arr[order], return_index=True)
     held: list[int] = []
-    for label in np.unique(targets_arr):
-        members = np.flatnonzero(targets_arr == label)
+    for members in np.split(order, starts[1:]) if len(labels) else []:
         # at least one held out (and one kept) wherever a class has two or more samples
         wanted = round(fraction * len(members))
         n_held = min(max(wanted, 1), len(members) - 1) if len(members) >= 2 else 0
         held.extend(rng.permutation(members)[:n_held].tolist())
-    held_set = set(held)
-    kept = [i for i in range(len(targets_arr)) if i not in held_set]
-    return kept, sorted(held)
+    is_held = np.zeros(len(targets_arr), dtype=bool)
+    is_held[held] = True
+    return np.flatnonzero(~is_held).tolist(), sorted(held)

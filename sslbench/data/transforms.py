@@ -1,0 +1,72 @@
+"""The fixed image transforms of the evaluation protocols, each with an ``image_size`` for small runs.
+
+* :func:`eval_transform`: Resize 256 (bicubic) + CenterCrop 224, as DINO ``eval_knn.py`` uses for
+  both the kNN bank and its queries, and MoCo ``main_lincls.py`` for validation (bilinear there).
+* :func:`lbfgs_transform`: Resize 224 (bicubic) + CenterCrop 224, the ssl-transfer ``linear.py``
+  features (Ericsson et al. 2021): the whole short side is kept, nothing is cropped away.
+* :func:`train_transform`: RandomResizedCrop 224 + horizontal flip, MoCo ``main_lincls.py``
+  (scale 0.08-1, torchvision's default; the FT repo's linear probe uses 0.2-1).
+
+All normalise with the ImageNet mean and std. Where a protocol resizes to 256 before a 224 crop,
+the resize is ``round(image_size / 0.875)`` so that the 224/256 ratio is kept at any size.
+A transform's ``repr`` lists every parameter; the feature cache keys on it.
+"""
+
+from __future__ import annotations
+
+from torchvision import transforms as T
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CROP_RATIO = 0.875  # 224 / 256
+DEFAULT_IMAGE_SIZE = 224
+MOCO_CROP_SCALE = (0.08, 1.0)  # torchvision's RandomResizedCrop default, as MoCo main_lincls uses it
+
+
+def _to_normalised_tensor() -> list[object]:
+    return [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+
+
+def resize_for_crop(image_size: int) -> int:
+    """The short side to resize to before a centre crop of ``image_size`` (256 for 224)."""
+    return round(image_size / CROP_RATIO)
+
+
+def eval_transform(image_size: int = DEFAULT_IMAGE_SIZE) -> T.Compose:
+    """Resize ``image_size / 0.875`` (bicubic) + CenterCrop ``image_size`` (DINO eval_knn)."""
+    return T.Compose(
+        [
+            T.Resize(resize_for_crop(image_size), interpolation=T.InterpolationMode.BICUBIC),
+            T.CenterCrop(image_size),
+            *_to_normalised_tensor(),
+        ]
+    )
+
+
+def lbfgs_transform(image_size: int = DEFAULT_IMAGE_SIZE) -> T.Compose:
+    """Resize ``image_size`` (bicubic) + CenterCrop ``image_size`` (ssl-transfer linear.py)."""
+    return T.Compose(
+        [
+            T.Resize(image_size, interpolation=T.InterpolationMode.BICUBIC),
+            T.CenterCrop(image_size),
+            *_to_normalised_tensor(),
+        ]
+    )
+
+
+def train_transform(
+    image_size: int = DEFAULT_IMAGE_SIZE, scale: tuple[float, float] = MOCO_CROP_SCALE
+) -> T.Compose:
+    """RandomResizedCrop ``image_size`` (``scale``) + horizontal flip (MoCo main_lincls)."""
+    return T.Compose(
+        [
+            T.RandomResizedCrop(image_size, scale=scale),
+            T.RandomHorizontalFlip(),
+            *_to_normalised_tensor(),
+        ]
+    )
+
+
+def describe_transform(transform: object) -> str:
+    """One line naming every step and parameter of ``transform`` (its ``repr``, whitespace folded)."""
+    return " ".join(repr(transform).split())

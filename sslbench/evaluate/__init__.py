@@ -1,0 +1,1 @@
+"""Probes of frozen backbones: feature extraction and cache, kNN, linear probes, metrics."""

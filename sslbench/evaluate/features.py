@@ -1,0 +1,210 @@
+"""Frozen-backbone features of a dataset split, and the on-disk cache every probe reads them from.
+
+:func:`extract_features` is a plain function (DINO ``eval_knn.extract_features``): the model's
+output for every batch of a loader, ``(N, D)`` float32, with the labels ``(N,)``. On CUDA it
+runs in ``torch.inference_mode`` with bf16 autocast and channels_last.
+
+:class:`FeatureCache` stores one file per :class:`FeatureKey` (checkpoint sha256, dataset, root,
+options, split, transform, precision, and a fingerprint of the split's labels) under a cache
+folder; the commands default to ``<--out>/../.feature_cache`` so that runs side by side share it.
+A file is written atomically and checked against its key when read, so a stale or foreign file is
+never used: it is recomputed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from sslbench.atomic import torch_save
+from sslbench.data.base import LabeledImages
+
+CACHE_VERSION = 1
+
+
+def amp_enabled(device: torch.device) -> bool:
+    """bf16 autocast on CUDA; CPU runs in float32."""
+    return device.type == "cuda"
+
+
+def extract_features(
+    model: nn.Module,
+    loader: DataLoader,
+    device: torch.device | str,
+    progress: bool = True,
+    desc: str = "features",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``model(images)`` for every batch of ``loader``: features ``(N, D)`` float32 on the CPU and
+    labels ``(N,)`` int64, in the loader's order. ``model`` is put in eval mode on ``device``."""
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+    model = model.eval().to(device)
+    if cuda:
+        model = model.to(memory_format=torch.channels_last)
+    features: list[torch.Tensor] = []
+    labels: list[torch.Tensor] = []
+    with torch.inference_mode():
+        for images, targets in tqdm(loader, desc=desc, unit="batch", disable=not progress, file=sys.stderr):
+            images = images.to(device, non_blocking=True)
+            if cuda:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp_enabled(device)):
+                output = model(images)
+            features.append(output.float().flatten(1).cpu())
+            labels.append(torch.as_tensor(targets, dtype=torch.long))
+    if not features:
+        raise ValueError("the loader yielded no batches")
+    return torch.cat(features), torch.cat(labels)
+
+
+@dataclass(frozen=True)
+class FeatureKey:
+    """Everything the features of one split depend on."""
+
+    checkpoint_sha256: str
+    dataset: str
+    root: str | None
+    options: tuple[tuple[str, str], ...]
+    split: str
+    transform: str
+    precision: str
+    num_samples: int
+    labels_sha256: str
+
+    @classmethod
+    def of(
+        cls,
+        checkpoint_sha256: str,
+        dataset: LabeledImages,
+        root: str | Path | None,
+        options: dict[str, Any],
+        transform: str,
+        precision: str,
+    ) -> FeatureKey:
+        labels = hashlib.sha256(json.dumps([dataset.classes, dataset.targets]).encode()).hexdigest()
+        return cls(
+            checkpoint_sha256=checkpoint_sha256,
+            dataset=dataset.name,
+            root=str(Path(root).resolve()) if root is not None else None,
+            options=tuple(sorted((k, str(v)) for k, v in options.items() if v is not None)),
+            split=dataset.split,
+            transform=transform,
+            precision=precision,
+            num_samples=len(dataset),
+            labels_sha256=labels,
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["options"] = [list(kv) for kv in self.options]
+        return data
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.as_dict(), sort_keys=True).encode()).hexdigest()
+
+
+class FeatureCache:
+    """``directory/<dataset>-<split>-<digest[:16]>.pt`` holding features, labels and the key."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+
+    def path(self, key: FeatureKey) -> Path:
+        return self.directory / f"{key.dataset}-{key.split}-{key.digest()[:16]}.pt"
+
+    def load(self, key: FeatureKey) -> tuple[torch.Tensor, torch.Tensor] | None:
+        path = self.path(key)
+        if not path.is_file():
+            return None
+        try:
+            stored = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # unreadable file (truncated copy, other torch): recompute it
+            print(f"feature cache: ignoring unreadable {path} ({exc})", file=sys.stderr)
+            return None
+        if stored.get("version") != CACHE_VERSION or stored.get("key") != key.as_dict():
+            return None
+        return stored["features"], stored["labels"]
+
+    def save(self, key: FeatureKey, features: torch.Tensor, labels: torch.Tensor) -> Path:
+        path = self.path(key)
+        torch_save(
+            {"version": CACHE_VERSION, "key": key.as_dict(), "features": features, "labels": labels}, path
+        )
+        return path
+
+
+@dataclass
+class SplitFeatures:
+    """Features ``(N, D)`` and labels ``(N,)`` of one split, and where they came from."""
+
+    features: torch.Tensor
+    labels: torch.Tensor
+    cached: bool  # True when read from the cache (no image was decoded)
+    path: Path | None  # the cache file, if a cache is used
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "samples": len(self.labels),
+            "dim": self.features.shape[1],
+            "cache": "hit" if self.cached else "computed",
+            "path": str(self.path) if self.path else None,
+        }
+
+
+def split_features(
+    dataset: LabeledImages,
+    key: FeatureKey,
+    model: Callable[[], nn.Module],
+    cache: FeatureCache | None,
+    device: torch.device,
+    batch_size: int,
+    workers: int,
+    progress: bool = True,
+) -> SplitFeatures:
+    """Features of ``dataset`` (its transform applied), from ``cache`` when it holds ``key``, else
+    extracted with the backbone ``model()`` returns (called only then) and stored."""
+    if cache is not None and (hit := cache.load(key)) is not None:
+        return SplitFeatures(hit[0], hit[1], True, cache.path(key))
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+    )
+    features, labels = extract_features(
+        model(), loader, device, progress, f"features {key.dataset}/{key.split}"
+    )
+    if labels.tolist() != dataset.targets:
+        raise RuntimeError(
+            f"{key.dataset}/{key.split}: the loader's labels differ from the dataset's targets"
+        )
+    path = cache.save(key, features, labels) if cache is not None else None
+    return SplitFeatures(features, labels, False, path)
+
+
+def lazy(factory: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
+    """``factory`` called at most once: the backbone is built only if some split is not cached."""
+    built: list[nn.Module] = []
+
+    def get() -> nn.Module:
+        if not built:
+            built.append(factory())
+        return built[0]
+
+    return get
+
+
+def describe_splits(parts: Sequence[tuple[str, SplitFeatures]]) -> dict[str, Any]:
+    return {name: part.describe() for name, part in parts}
