@@ -12,9 +12,10 @@ from collections.abc import Sequence
 
 from sslbench import __version__
 from sslbench.checkpoints import cli as checkpoints_cli
+from sslbench.pretrain import cli as pretrain_cli
 from sslbench.errors import SslbenchError
 
-REGISTRARS = (checkpoints_cli.register,)
+REGISTRARS = (checkpoints_cli.register, pretrain_cli.register)
 
 
 def build_parser() -> argparse.ArgumentParser:
