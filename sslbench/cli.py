@@ -12,8 +12,8 @@ from collections.abc import Sequence
 
 from sslbench import __version__
 from sslbench.checkpoints import cli as checkpoints_cli
-from sslbench.pretrain import cli as pretrain_cli
 from sslbench.errors import SslbenchError
+from sslbench.pretrain import cli as pretrain_cli
 
 REGISTRARS = (checkpoints_cli.register, pretrain_cli.register)
 

@@ -66,7 +66,7 @@ def _mixing_weights(distribution: str, alpha: float, shape: tuple[int, ...], dev
 def sample_draws(
     cfg: FeatureTransformConfig, batch: int, dim: int, queue_size: int, device: torch.device
 ) -> FTDraws:
-    """Draw ``lam`` (B x D or scalar), ``mu`` (K x D or scalar) and ``perm`` (K,) for one step, on ``device``."""
+    """One step's draws on ``device``: ``lam`` ((B, D) or ()), ``mu`` ((K, D) or ()), ``perm`` (K,)."""
     lam = mu = perm = None
     if transforms_positives(cfg):
         shape = (batch, dim) if cfg.dim_mask in ("pos", "both") else ()
@@ -102,7 +102,7 @@ def transform_features(
 
 
 def contrast_scores(q: Tensor, k: Tensor, negatives: Tensor) -> Tensor:
-    """InfoNCE scores (B, 1+N) before the temperature: column 0 is ``q.k``, then ``q`` against each negative."""
+    """InfoNCE scores (B, 1+N) before the temperature: column 0 is ``q.k``, then ``q`` against each of N."""
     positive = (q * k).sum(dim=1, keepdim=True)
     negative = q @ negatives.T
     return torch.cat([positive, negative], dim=1)

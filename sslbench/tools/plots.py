@@ -1,4 +1,4 @@
-"""Figures: the positive/negative score curves of pretraining runs, as in the FT paper (Zhu et al. 2021, Fig. 2).
+"""Figures: positive/negative score curves of pretraining runs, as in the FT paper (Zhu et al. 2021, Fig. 2).
 
 Four panels (mean and variance of the positive scores, mean and variance of the negative scores)
 against the training step; one colour per run, solid for the scores trained on (after FT), dashed
@@ -10,14 +10,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
+import matplotlib as mpl
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from sslbench.atomic import atomic_path  # noqa: E402
-from sslbench.pretrain.scores import read_scores  # noqa: E402
+from sslbench.atomic import atomic_path
+from sslbench.pretrain.scores import read_scores
 
 PANELS = (
     ("pos_mean", "positive score: mean"),
@@ -33,8 +32,10 @@ def plot_scores(runs: Sequence[str | Path], output: str | Path, labels: Sequence
         raise ValueError(f"{len(labels)} labels for {len(runs)} runs")
     tables = [read_scores(run) for run in runs]
     names = list(labels) if labels else [_run_name(Path(run)) for run in runs]
-    figure, axes = plt.subplots(2, 2, figsize=(11, 7), sharex=True)
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    figure = Figure(figsize=(11, 7))
+    FigureCanvasAgg(figure)  # the Agg backend, without pyplot's global state
+    axes = figure.subplots(2, 2, sharex=True)
+    colours = mpl.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (table, name) in enumerate(zip(tables, names, strict=True)):
         colour = colours[i % len(colours)]
         ft_changed = any(
@@ -59,7 +60,6 @@ def plot_scores(runs: Sequence[str | Path], output: str | Path, labels: Sequence
     output = Path(output)
     with atomic_path(output) as tmp:
         figure.savefig(tmp, format="png", dpi=120)
-    plt.close(figure)
     return output
 
 
