@@ -243,10 +243,10 @@ class Trainer:
             self.table.truncate_after(self.global_step)
 
 
-def _check_out_folder(trainer: Trainer, resume: bool) -> None:
-    if not resume and trainer.checkpoint_path.exists():
+def _check_out_folder(cfg: PretrainConfig, resume: bool) -> None:
+    if not resume and (Path(cfg.out) / CHECKPOINT_NAME).exists():
         raise ConfigError(
-            f"out={trainer.out} already holds {CHECKPOINT_NAME}: pass --resume to continue that run, "
+            f"out={cfg.out} already holds {CHECKPOINT_NAME}: pass --resume to continue that run, "
             "or choose another out"
         )
 
@@ -271,6 +271,7 @@ def run_pretraining(
 def _train(
     cfg: PretrainConfig, runtime: Runtime, resume: bool, step_callback: Callable[[int], None] | None
 ) -> Path:
+    _check_out_folder(cfg, resume)
     images = build_dataset(dataset_name(cfg), cfg.data.root, "trainval")
     views = SeededTwoCrops(images, moco_augmentation(cfg.augment), cfg.seed, cfg.data.max_images)
     steps_per_epoch = len(views) // cfg.batch_size
@@ -278,7 +279,6 @@ def _train(
         raise ConfigError(f"batch_size={cfg.batch_size} exceeds the {len(views)} images of {images.name}")
 
     trainer = Trainer(cfg, runtime)
-    _check_out_folder(trainer, resume)
     if resume and trainer.checkpoint_path.exists():
         trainer.load(trainer.checkpoint_path)
     elif resume and runtime.main:
