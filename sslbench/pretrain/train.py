@@ -311,7 +311,15 @@ def _train(
                 runtime.world,
                 trainer.step_in_epoch,
             )
-            loader = DataLoader(views, batch_sampler=batches, num_workers=cfg.data.workers, pin_memory=cuda)
+            # its own generator: making the iterator must not draw from the global RNG (a resumed run
+            # makes one iterator more than the run it continues)
+            loader = DataLoader(
+                views,
+                batch_sampler=batches,
+                num_workers=cfg.data.workers,
+                pin_memory=cuda,
+                generator=torch.Generator().manual_seed(cfg.seed + epoch),
+            )
             bar = tqdm(
                 total=steps_per_epoch * cfg.batch_size,
                 initial=trainer.step_in_epoch * cfg.batch_size,
