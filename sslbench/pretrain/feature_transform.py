@@ -94,7 +94,8 @@ def transform_features(
         q_t = lam * q + (1 - lam) * k
         k_t = lam * k + (1 - lam) * q
     if transforms_negatives(cfg):
-        mixed = draws.mu * queue + (1 - draws.mu) * queue[draws.perm]
+        # mu * Q + (1 - mu) * Q[perm], in one fused pass over the (K, D) queue
+        mixed = torch.lerp(queue.index_select(0, draws.perm), queue, draws.mu)
         negatives = mixed if cfg.negatives == "transformed" else torch.cat([mixed, queue], dim=0)
     if cfg.renormalize:
         q_t, k_t = F.normalize(q_t, dim=1), F.normalize(k_t, dim=1)
