@@ -120,3 +120,37 @@ def test_pretrain_command_reports_bad_input_in_one_line(tmp_path, capsys, overri
     assert main(["pretrain", "--config", "mocov2_tiny", f"out={tmp_path}", *overrides]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def _ddp_rank(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+    )
+    torch.set_num_threads(1)
+    cfg = load_pretrain_config("mocov2_ft_tiny", [f"out={out}", *SMALL, "epochs=1", "log_every=2"])
+    run_pretraining(cfg)
+
+
+def test_two_process_ddp_run_on_gloo_trains_and_writes_one_checkpoint(tmp_path):
+    """The DDP path on the CPU: cross-rank shuffle BN, gathered enqueue, all-reduced score rows."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "ddp"
+    mp.spawn(_ddp_rank, args=(2, port, str(out)), nprocs=2, join=True)
+    state = torch.load(out / "checkpoint_last.pth", weights_only=True)
+    assert (state["world_size"], state["global_step"]) == (2, 4)  # 64 images, global batch 16
+    # every step enqueued the 16 gathered keys, each a unit vector
+    assert int(state["model"]["queue_ptr"]) == 0 and torch.allclose(
+        state["model"]["queue"].norm(dim=1), torch.ones(64)
+    )
+    assert list(read_scores(out).step) == [2, 4]
+    assert read_checkpoint(out / "checkpoint_last.pth").source_format == "sslbench"
