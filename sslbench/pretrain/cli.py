@@ -1,0 +1,62 @@
+"""``sslbench pretrain`` (MoCo v1/v2 with Feature Transformation) and ``sslbench plot-scores``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+# 128 + SIGTERM: the conventional status of a job stopped by SIGTERM (schedulers requeue on it).
+EXIT_SIGTERM = 143
+
+
+def run_pretrain(args: argparse.Namespace) -> int:
+    from sslbench.pretrain.config import load_pretrain_config
+    from sslbench.pretrain.train import PretrainingInterrupted, run_pretraining
+
+    cfg = load_pretrain_config(args.config, args.overrides)
+    try:
+        checkpoint = run_pretraining(cfg, resume=args.resume)
+    except PretrainingInterrupted as exc:
+        print(f"sslbench pretrain: {exc}", file=sys.stderr)
+        return EXIT_SIGTERM
+    print(f"wrote {checkpoint}")
+    return 0
+
+
+def run_plot_scores(args: argparse.Namespace) -> int:
+    from sslbench.errors import SslbenchError
+    from sslbench.tools.plots import plot_scores
+
+    try:
+        output = plot_scores(args.runs, args.output, args.labels)
+    except ValueError as exc:
+        raise SslbenchError(str(exc)) from None
+    print(f"wrote {output}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "pretrain",
+        help="pretrain MoCo v1/v2, optionally with Feature Transformation (torchrun for several GPUs)",
+        description="Pretrain MoCo v1/v2 (+FT). Shipped configs: mocov1, mocov2, mocov1_ft, mocov2_ft "
+        "(ImageNet), mocov2_tiny, mocov2_ft_tiny (CPU, built-in digits).",
+    )
+    p.add_argument("--config", required=True, help="a YAML file or the name of a shipped config")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="config overrides, e.g. data.root=DIR out=DIR epochs=N",
+    )
+    p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint_last.pth")
+    p.set_defaults(run=run_pretrain)
+
+    p = subparsers.add_parser(
+        "plot-scores", help="plot the positive/negative score statistics of pretraining runs"
+    )
+    p.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR", help="run folders (holding scores.csv)")
+    p.add_argument("-o", "--output", type=Path, required=True, help="PNG file to write")
+    p.add_argument("--labels", nargs="+", help="legend names, one per run (default: folder names)")
+    p.set_defaults(run=run_plot_scores)
