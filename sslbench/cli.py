@@ -15,9 +15,16 @@ from sslbench.checkpoints import cli as checkpoints_cli
 from sslbench.data import cli as data_cli
 from sslbench.errors import SslbenchError
 from sslbench.evaluate import cli as evaluate_cli
+from sslbench.evaluate import finetune_cli
 from sslbench.transfer import cli as transfer_cli
 
-REGISTRARS = (checkpoints_cli.register, data_cli.register, evaluate_cli.register, transfer_cli.register)
+REGISTRARS = (
+    checkpoints_cli.register,
+    data_cli.register,
+    evaluate_cli.register,
+    finetune_cli.register,
+    transfer_cli.register,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
