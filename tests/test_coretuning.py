@@ -1,4 +1,4 @@
-"""Core-tuning's loss on fixed tensors, against hand computations; one test per reference-code bug we avoid."""
+"""Core-tuning's loss on fixed tensors against hand computations; a test per reference-code bug we avoid."""
 
 from __future__ import annotations
 
@@ -69,7 +69,8 @@ def test_hard_negative_clips_lambda_at_0_8_and_mixes_the_label() -> None:
     labels = torch.tensor([0, 1, 2, 0])
     # uniform 0 -> the first other-class sample in batch order; 0.99 -> the last
     partners = random_negative_partners(labels, torch.tensor([0.0, 0.99, 0.5, 0.99]))
-    # others of 0: [1, 2] -> 1st; of 1: [0, 2, 3] -> 3rd; of 2: [0, 1, 3] -> floor(0.5 * 3) = 2nd; of 3: [1, 2] -> 2nd
+    # others of 0: [1, 2] -> 1st; of 1: [0, 2, 3] -> 3rd; of 2: [0, 1, 3] -> floor(0.5 * 3) = 2nd;
+    # of 3: [1, 2] -> 2nd
     assert partners.tolist() == [1, 3, 1, 2]
     draws = _draws([0.5] * 4, [0.3, 0.95, 0.8, 0.1], [0.0, 0.99, 0.5, 0.99])
     generated = generate_hard_samples(features, labels, 3, draws)
@@ -187,6 +188,8 @@ def test_positives_follow_integer_labels_beyond_19_classes() -> None:
 
 def test_draws_depend_only_on_their_seed() -> None:
     a, b, c = draw_mixing(5, 1.0, (3, 7, 0)), draw_mixing(5, 1.0, (3, 7, 0)), draw_mixing(5, 1.0, (3, 8, 0))
-    assert torch.equal(a.positive_lambda, b.positive_lambda) and torch.equal(a.partner_uniform, b.partner_uniform)
+    assert torch.equal(a.positive_lambda, b.positive_lambda) and torch.equal(
+        a.partner_uniform, b.partner_uniform
+    )
     assert not torch.equal(a.negative_lambda, c.negative_lambda)
     assert bool(((a.positive_lambda >= 0) & (a.positive_lambda <= 1)).all())

@@ -180,7 +180,9 @@ class FinetuneModel(nn.Module):
         self.backbone = backbone
         # ssl-transfer: nn.Linear(feature_dim, C); Core-tuning: nn.Linear(2048, C, bias=False)
         self.classifier = nn.Linear(dim, num_classes, bias=method == "ce")
-        self.contrast_head = coretuning.ContrastHead(dim, core.contrast_dim) if method == "coretuning" else None
+        self.contrast_head = (
+            coretuning.ContrastHead(dim, core.contrast_dim) if method == "coretuning" else None
+        )
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         cuda = images.device.type == "cuda"
@@ -199,7 +201,12 @@ class FinetuneModel(nn.Module):
         if self.method == "ce":
             logits = self.classifier(features)
             loss = F.cross_entropy(logits, labels)
-            return {"loss": loss, "ce": loss.detach(), "contrastive": torch.zeros_like(loss), "logits": logits}
+            return {
+                "loss": loss,
+                "ce": loss.detach(),
+                "contrastive": torch.zeros_like(loss),
+                "logits": logits,
+            }
         assert self.contrast_head is not None
         out = coretuning.coretuning_loss(
             features,
@@ -212,7 +219,12 @@ class FinetuneModel(nn.Module):
             temperature=self.core.temperature,
             min_negative_lambda=self.core.min_negative_lambda,
         )
-        return {"loss": out.total, "ce": out.ce.detach(), "contrastive": out.contrastive.detach(), "logits": out.logits}
+        return {
+            "loss": out.total,
+            "ce": out.ce.detach(),
+            "contrastive": out.contrastive.detach(),
+            "logits": out.logits,
+        }
 
 
 def build_finetune_model(
@@ -389,6 +401,10 @@ def finetune(
 
     def save(step: int) -> None:
         nonlocal sums, seen
+        if dist.enabled:  # the history is over all ranks' samples
+            sums = torch.cat([sums, torch.tensor([float(seen)], device=device)])
+            torch_dist.all_reduce(sums)
+            sums, seen = sums[:4], int(sums[4])
         totals = sums.tolist()
         history.append(
             {
@@ -430,7 +446,9 @@ def finetune(
             images = images.contiguous(memory_format=torch.channels_last)
         draws = None
         if settings.method == "coretuning":
-            draws = coretuning.draw_mixing(len(labels), settings.coretuning.alpha, (settings.seed, step, dist.rank))
+            draws = coretuning.draw_mixing(
+                len(labels), settings.coretuning.alpha, (settings.seed, step, dist.rank)
+            )
         out = net(images, labels, draws)
         optimizer.zero_grad(set_to_none=True)
         out["loss"].backward()

@@ -80,18 +80,24 @@ def run_finetune(args: argparse.Namespace, on_step: Any = None) -> int:
         raise ConfigError("--device cuda: no CUDA device is visible")
     out = Path(args.out)
     if _has_previous_run(out) and not args.resume:
-        raise ConfigError(f"{out}: holds a previous fine-tune run; pass --resume to continue it, or use another --out")
+        raise ConfigError(
+            f"{out}: holds a previous fine-tune run; pass --resume to continue it, or use another --out"
+        )
     dist, device = init_distributed(torch.device(args.device) if args.device else None)
     if dist.enabled and config.batch_size % dist.world_size:
         raise ConfigError(f"batch size {config.batch_size} is not divisible by {dist.world_size} processes")
     ckpt = checkpoint_from_args(args)
     options = dataset_options_from_args(args)
 
-    interpolation = InterpolationMode.BICUBIC if config.interpolation == "bicubic" else InterpolationMode.BILINEAR
+    interpolation = (
+        InterpolationMode.BICUBIC if config.interpolation == "bicubic" else InterpolationMode.BILINEAR
+    )
     augment = train_transform(config.image_size, tuple(config.crop_scale), interpolation)
     plain = (lbfgs_transform if config.test_resize == "full" else eval_transform)(config.image_size)
     parts = {
-        split: build_dataset(args.dataset, args.root, split, augment if split in ("train", "trainval") else plain, **options)
+        split: build_dataset(
+            args.dataset, args.root, split, augment if split in ("train", "trainval") else plain, **options
+        )
         for split in ("train", "val", "trainval", "test")
     }
     for split, data in parts.items():
@@ -210,9 +216,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--grid-lr", type=float, nargs="+", help="explicit grid: these lrs ...")
     g.add_argument("--grid-wd", type=float, nargs="+", help="... times these (absolute) weight decays")
     g.add_argument("--save-every", type=int, help="steps between resumable states (500)")
-    g.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="any other config key, e.g. coretuning.eta=1")
+    g.add_argument(
+        "--set", nargs="+", metavar="KEY=VALUE", help="any other config key, e.g. coretuning.eta=1"
+    )
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="DataLoader workers")
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
     p.add_argument("--seed", type=int, default=0, help="head init, data order, augmentation, mixing")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out (skips finished grid points)")
+    p.add_argument(
+        "--resume", action="store_true", help="continue the run in --out (skips finished grid points)"
+    )
     p.set_defaults(run=run_finetune)

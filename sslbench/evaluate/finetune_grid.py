@@ -203,7 +203,9 @@ def _run_point(
             )
         if keep is None or keep.is_file():
             return {**done, "skipped": True}
-    model = build_finetune_model(protocol.ckpt, protocol.splits.num_classes, config.method, config.coretuning, protocol.seed)
+    model = build_finetune_model(
+        protocol.ckpt, protocol.splits.num_classes, config.method, config.coretuning, protocol.seed
+    )
     run = finetune(
         model,
         train,
