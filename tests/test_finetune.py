@@ -226,6 +226,18 @@ def test_interrupted_run_resumes_to_the_same_weights_as_an_uninterrupted_one(tmp
     assert all(torch.equal(weights[k], straight[k]) for k in straight), "resumed weights differ"
 
 
+def test_data_order_and_augmentation_do_not_depend_on_the_worker_count() -> None:
+    settings = RunSettings(method="coretuning", lr=0.05, weight_decay=0.0, steps=3, batch_size=5, seed=3)
+    cpu = torch.device("cpu")
+    inline = finetune(
+        _tiny_model(), _tiny_data(), settings, cpu, workers=0, progress=False
+    ).model.state_dict()
+    pooled = finetune(
+        _tiny_model(), _tiny_data(), settings, cpu, workers=2, progress=False
+    ).model.state_dict()
+    assert all(torch.equal(inline[k], pooled[k]) for k in inline)
+
+
 def test_step_zero_check_refuses_a_backbone_that_is_not_the_checkpoints(checkpoint: Path) -> None:
     ckpt = read_checkpoint(checkpoint)
     model = build_finetune_model(ckpt, 4, "ce", CoreTuningSettings(), seed=0)
