@@ -24,6 +24,7 @@ from sslbench.data.transforms import train_transform
 from sslbench.errors import CheckpointError
 from sslbench.evaluate.finetune import (
     CoreTuningSettings,
+    FinetuneModel,
     RunSettings,
     StepBatches,
     build_finetune_model,
@@ -197,8 +198,6 @@ def _tiny_model():
         torch.nn.AdaptiveAvgPool2d(1),
         torch.nn.Flatten(),
     )
-    from sslbench.evaluate.finetune import FinetuneModel
-
     torch.manual_seed(2)
     return FinetuneModel(backbone, 8, 3, "coretuning", CoreTuningSettings(contrast_dim=4))
 
