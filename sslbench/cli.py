@@ -15,6 +15,7 @@ from sslbench.checkpoints import cli as checkpoints_cli
 from sslbench.data import cli as data_cli
 from sslbench.errors import SslbenchError
 from sslbench.evaluate import cli as evaluate_cli
+from sslbench.evaluate import finetune_cli
 from sslbench.pretrain import cli as pretrain_cli
 from sslbench.transfer import cli as transfer_cli
 
@@ -23,6 +24,7 @@ REGISTRARS = (
     pretrain_cli.register,
     data_cli.register,
     evaluate_cli.register,
+    finetune_cli.register,
     transfer_cli.register,
 )
 

@@ -43,7 +43,9 @@ def load_config(schema: type[T], path: str | Path | None = None, overrides: Sequ
         return OmegaConf.to_object(merged)  # type: ignore[return-value]
     except OmegaConfBaseException as exc:
         source = f"config {path}" if path is not None else "config"
-        raise ConfigError(f"{source}: {str(exc).splitlines()[0]}") from None
+        key = getattr(exc, "full_key", None)
+        where = f" (key {key})" if key and key not in str(exc).splitlines()[0] else ""
+        raise ConfigError(f"{source}: {str(exc).splitlines()[0]}{where}") from None
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:

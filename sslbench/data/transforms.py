@@ -5,7 +5,8 @@
 * :func:`lbfgs_transform`: Resize 224 (bicubic) + CenterCrop 224, the ssl-transfer ``linear.py``
   features (Ericsson et al. 2021): the whole short side is kept, nothing is cropped away.
 * :func:`train_transform`: RandomResizedCrop 224 + horizontal flip, MoCo ``main_lincls.py``
-  (scale 0.08-1, torchvision's default; the FT repo's linear probe uses 0.2-1).
+  (scale 0.08-1, torchvision's default; the FT repo's linear probe uses 0.2-1); bilinear by
+  default, bicubic for ssl-transfer's fine-tuning.
 
 All normalise with the ImageNet mean and std. Where a protocol resizes to 256 before a 224 crop,
 the resize is ``round(image_size / 0.875)`` so that the 224/256 ratio is kept at any size.
@@ -55,12 +56,15 @@ def lbfgs_transform(image_size: int = DEFAULT_IMAGE_SIZE) -> T.Compose:
 
 
 def train_transform(
-    image_size: int = DEFAULT_IMAGE_SIZE, scale: tuple[float, float] = MOCO_CROP_SCALE
+    image_size: int = DEFAULT_IMAGE_SIZE,
+    scale: tuple[float, float] = MOCO_CROP_SCALE,
+    interpolation: T.InterpolationMode = T.InterpolationMode.BILINEAR,
 ) -> T.Compose:
-    """RandomResizedCrop ``image_size`` (``scale``) + horizontal flip (MoCo main_lincls)."""
+    """RandomResizedCrop ``image_size`` (``scale``) + horizontal flip (MoCo main_lincls, bilinear;
+    ssl-transfer finetune.py resizes its crops bicubic)."""
     return T.Compose(
         [
-            T.RandomResizedCrop(image_size, scale=scale),
+            T.RandomResizedCrop(image_size, scale=scale, interpolation=interpolation),
             T.RandomHorizontalFlip(),
             *_to_normalised_tensor(),
         ]

@@ -1,0 +1,228 @@
+"""``sslbench finetune``: fine-tune the whole backbone (ssl-transfer protocol, optionally Core-tuning).
+
+The protocol comes from ``--config`` (a YAML file, or a name under ``configs/finetune/``:
+``ssl_transfer`` by default, ``inat18_vissl``); flags override its keys. The run folder ``--out``
+holds the grid's sub-runs, the final run, the kept weights ``best.pth`` and ``result.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+from sslbench.checkpoints.cli import add_checkpoint_arguments
+from sslbench.data.cli import add_dataset_arguments
+from sslbench.errors import ConfigError
+
+DEFAULT_CONFIG = "ssl_transfer"
+
+# flag -> config key; each flag given on the command line overrides the config file
+_FLAG_KEYS = {
+    "method": "method",
+    "lr": "lr",
+    "wd": "weight_decay",
+    "steps": "steps",
+    "epochs": "epochs",
+    "batch_size": "batch_size",
+    "image_size": "image_size",
+    "grid_size": "grid_size",
+    "grid_lr": "grid_lr",
+    "grid_wd": "grid_wd",
+    "save_every": "save_every",
+}
+
+
+def _overrides(args: argparse.Namespace) -> list[str]:
+    overrides = []
+    for flag, key in _FLAG_KEYS.items():
+        value = getattr(args, flag)
+        if value is None:
+            continue
+        text = "[" + ",".join(repr(float(v)) for v in value) + "]" if isinstance(value, list) else value
+        overrides.append(f"{key}={text}")
+    if args.steps is not None and args.epochs is None:
+        overrides.append("epochs=0")  # --steps alone means a step budget, whatever the config says
+    return overrides + list(args.set or [])
+
+
+def _has_previous_run(out: Path) -> bool:
+    return any((out / name).exists() for name in ("grid", "final", "best.pth"))
+
+
+def run_finetune(args: argparse.Namespace, on_step: Any = None) -> int:
+    """The command; ``on_step(step, model)`` is passed to every training run (tests use it)."""
+    import torch
+    from torchvision.transforms import InterpolationMode
+
+    from sslbench.checkpoints.cli import checkpoint_from_args
+    from sslbench.config import config_to_dict, load_config, resolve_config_path
+    from sslbench.data.cli import dataset_options_from_args
+    from sslbench.data.registry import DATASETS, build_dataset
+    from sslbench.data.transforms import describe_transform, eval_transform, lbfgs_transform, train_transform
+    from sslbench.evaluate.cli import _dataset_record, _print_metrics
+    from sslbench.evaluate.finetune import init_distributed
+    from sslbench.evaluate.finetune_grid import (
+        CORETUNING_SOURCE,
+        FinetuneConfig,
+        Protocol,
+        Splits,
+        run_protocol,
+    )
+    from sslbench.tools.records import ResultRecord, write_record
+
+    config_path = resolve_config_path(args.config, "finetune")
+    config = load_config(FinetuneConfig, config_path, _overrides(args)).check()
+    if args.workers < 0:
+        raise ConfigError("--workers must be >= 0")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is visible")
+    out = Path(args.out)
+    if _has_previous_run(out) and not args.resume:
+        raise ConfigError(
+            f"{out}: holds a previous fine-tune run; pass --resume to continue it, or use another --out"
+        )
+    dist, device = init_distributed(torch.device(args.device) if args.device else None)
+    if dist.enabled and config.batch_size % dist.world_size:
+        raise ConfigError(f"batch size {config.batch_size} is not divisible by {dist.world_size} processes")
+    ckpt = checkpoint_from_args(args)
+    options = dataset_options_from_args(args)
+
+    interpolation = (
+        InterpolationMode.BICUBIC if config.interpolation == "bicubic" else InterpolationMode.BILINEAR
+    )
+    augment = train_transform(config.image_size, tuple(config.crop_scale), interpolation)
+    plain = (lbfgs_transform if config.test_resize == "full" else eval_transform)(config.image_size)
+    parts = {
+        split: build_dataset(
+            args.dataset, args.root, split, augment if split in ("train", "trainval") else plain, **options
+        )
+        for split in ("train", "val", "trainval", "test")
+    }
+    for split, data in parts.items():
+        if len(data) == 0:
+            raise ConfigError(f"{args.dataset}: the {split} split is empty under {args.root}")
+    splits = Splits(parts["train"], parts["val"], parts["trainval"], parts["test"], parts["test"].num_classes)
+    fingerprint = {
+        "checkpoint": ckpt.sha256,
+        "arch": ckpt.arch,
+        "dataset": args.dataset,
+        "root": str(Path(args.root).resolve()) if args.root is not None else None,
+        "options": {k: v for k, v in options.items() if v is not None},
+        "sizes": {split: len(data) for split, data in parts.items()},
+        "train_transform": describe_transform(augment),
+        "test_transform": describe_transform(plain),
+        "world_size": dist.world_size,
+    }
+    select = DATASETS[args.dataset].headline_metric
+    protocol = Protocol(
+        ckpt=ckpt,
+        config=config,
+        splits=splits,
+        out=out,
+        device=device,
+        fingerprint=fingerprint,
+        select_metric=select,
+        seed=args.seed,
+        eval_batch_size=config.batch_size,
+        workers=args.workers,
+        dist=dist,
+        on_step=on_step,
+    )
+    try:
+        outcome = run_protocol(protocol)
+    finally:
+        if dist.enabled:
+            torch.distributed.destroy_process_group()
+    if not dist.is_main:
+        return 0
+
+    for row in outcome.grid:
+        print(
+            f"lr {row['lr']:<9.3g} wd {row['weight_decay']:<9.3g} val top1 {row['val_top1']:6.2f}  "
+            f"mean/class {row['val_mean_per_class']:6.2f}" + ("  (done earlier)" if row["skipped"] else "")
+        )
+    print(f"chosen lr {outcome.lr:.3g} wd {outcome.weight_decay:.3g} (on val {select})")
+    _print_metrics(f"finetune {config.method}", outcome.metrics)
+    source = config.source + (f"; loss: {CORETUNING_SOURCE}" if config.method == "coretuning" else "")
+    settings = {
+        **config_to_dict(config),
+        "method": config.method,
+        "lr": outcome.lr,
+        "weight_decay": outcome.weight_decay,
+        "effective_lr": outcome.final["effective_lr"],
+        "steps_run": outcome.final["steps"],
+        "grid_points": len(outcome.grid),
+        "select_metric": select,
+        "select_split": "val" if outcome.grid else None,
+        "grid_train_split": "train",
+        "final_train_split": "trainval",
+        "test_split": "test",
+        "train_transform": fingerprint["train_transform"],
+        "test_transform": fingerprint["test_transform"],
+        "optimizer": "SGD, Nesterov momentum, weight decay on every parameter",
+        "test_metric_step": "last",
+        "precision": "bf16-autocast" if device.type == "cuda" else "fp32",
+        "device": str(device),
+        "world_size": dist.world_size,
+        "config_file": str(config_path),
+    }
+    if config.method != "coretuning":
+        settings.pop("coretuning")
+    record = ResultRecord(
+        task="finetune",
+        protocol={"name": f"finetune-{config.name}-{config.method}", "source": source, "settings": settings},
+        dataset=_dataset_record(args, splits.trainval, splits.test, options),
+        metrics=outcome.metrics,
+        checkpoint=ckpt.describe(),
+        seed=args.seed,
+        extra={
+            "grid": outcome.grid,
+            "chosen": {"lr": outcome.lr, "weight_decay": outcome.weight_decay},
+            "best_checkpoint": str(outcome.best_checkpoint),
+            "history": outcome.final["history"],
+            "final_skipped": outcome.final["skipped"],
+            "backbone_check": "every backbone tensor equals the checkpoint's at step 0 of every run",
+        },
+    )
+    print(f"wrote {write_record(out, record)}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from sslbench.evaluate.finetune import METHODS
+
+    p = subparsers.add_parser(
+        "finetune", help="fine-tune the whole backbone: ssl-transfer lr x wd grid on val, or Core-tuning"
+    )
+    add_checkpoint_arguments(p)
+    add_dataset_arguments(p)
+    p.add_argument("--out", type=Path, required=True, help="run folder: grid/, final/, best.pth, result.json")
+    p.add_argument(
+        "--config",
+        default=DEFAULT_CONFIG,
+        help="protocol: a YAML file or a name under configs/finetune/ (ssl_transfer, inat18_vissl)",
+    )
+    p.add_argument("--method", choices=METHODS, help="loss: ce (default) or coretuning")
+    g = p.add_argument_group("overrides of the config")
+    g.add_argument("--lr", type=float, help="with --wd: skip the grid and train at this point")
+    g.add_argument("--wd", type=float, help="weight decay, with --lr")
+    g.add_argument("--steps", type=int, help="optimizer steps per run (ssl-transfer: 5000)")
+    g.add_argument("--epochs", type=int, help="epochs per run instead of steps (VISSL schedules)")
+    g.add_argument("--batch-size", type=int, help="total batch (ssl-transfer: 64)")
+    g.add_argument("--image-size", type=int, help="crop size (224)")
+    g.add_argument("--grid-size", type=int, help="ssl-transfer grid: N lrs x (N + 1) wds (4)")
+    g.add_argument("--grid-lr", type=float, nargs="+", help="explicit grid: these lrs ...")
+    g.add_argument("--grid-wd", type=float, nargs="+", help="... times these (absolute) weight decays")
+    g.add_argument("--save-every", type=int, help="steps between resumable states (500)")
+    g.add_argument(
+        "--set", nargs="+", metavar="KEY=VALUE", help="any other config key, e.g. coretuning.eta=1"
+    )
+    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="DataLoader workers")
+    p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
+    p.add_argument("--seed", type=int, default=0, help="head init, data order, augmentation, mixing")
+    p.add_argument(
+        "--resume", action="store_true", help="continue the run in --out (skips finished grid points)"
+    )
+    p.set_defaults(run=run_finetune)
