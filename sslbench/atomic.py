@@ -13,8 +13,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import torch
-
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
@@ -41,5 +39,7 @@ def write_json(path: str | os.PathLike[str], obj: Any) -> None:
 
 
 def torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
+    import torch
+
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)

@@ -14,7 +14,8 @@ from typing import Any
 import torch
 
 from sslbench.errors import CheckpointError
-from sslbench.models.resnet import _DEPTHS, SMALL_STEM_SUFFIX, backbone_shapes
+from sslbench.models.archs import DEPTHS, SMALL_STEM_SUFFIX
+from sslbench.models.resnet import backbone_shapes
 
 StateDict = dict[str, torch.Tensor]
 
@@ -81,7 +82,7 @@ def infer_arch(state_dict: StateDict, where: str) -> str:
     kind = "bottleneck" if "layer1.0.conv3.weight" in keys else "basic"
     # The closest depth of the same block type; an inexact match then fails strict matching,
     # which names the missing or unexpected blocks.
-    candidates = [(name, depths) for name, (depths, block) in _DEPTHS.items() if block == kind]
+    candidates = [(name, depths) for name, (depths, block) in DEPTHS.items() if block == kind]
     name, _ = min(candidates, key=lambda c: sum(abs(a - b) for a, b in zip(c[1], blocks, strict=True)))
     small = state_dict["conv1.weight"].shape[-1] == 3
     return name + (SMALL_STEM_SUFFIX if small else "")

@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from sslbench.checkpoints.canonical import CanonicalCheckpoint
 from sslbench.checkpoints.formats import FORMATS
-from sslbench.checkpoints.readers import read_checkpoint
 from sslbench.checkpoints.writers import WRITERS
-from sslbench.models.resnet import ARCHS
+from sslbench.models.archs import ARCHS
+
+if TYPE_CHECKING:
+    from sslbench.checkpoints.canonical import CanonicalCheckpoint
 
 
 def add_checkpoint_arguments(parser: argparse.ArgumentParser, positional: bool = True) -> None:
@@ -32,6 +34,8 @@ def add_checkpoint_arguments(parser: argparse.ArgumentParser, positional: bool =
 
 
 def checkpoint_from_args(args: argparse.Namespace, path: Path | None = None) -> CanonicalCheckpoint:
+    from sslbench.checkpoints.readers import read_checkpoint
+
     return read_checkpoint(
         path or args.checkpoint,
         fmt=args.source_format,

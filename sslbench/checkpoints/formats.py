@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 
 from sslbench.checkpoints.detectron2_names import from_detectron2
 
@@ -22,6 +21,8 @@ SSLBENCH_FORMAT_VERSION = 1
 
 
 def _is_state_dict(obj: Any) -> bool:
+    import torch  # here, so that listing the formats (the CLI's choices) does not load torch
+
     return (
         isinstance(obj, Mapping)
         and len(obj) > 0

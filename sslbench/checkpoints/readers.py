@@ -20,7 +20,7 @@ from sslbench.checkpoints.formats import (
 )
 from sslbench.checkpoints.loading import load_file, sha256_of
 from sslbench.errors import CheckpointError
-from sslbench.models.resnet import check_arch
+from sslbench.models.archs import check_arch
 
 
 def _describe_structure(obj: Mapping[str, Any]) -> str:

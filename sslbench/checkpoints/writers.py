@@ -8,13 +8,14 @@ from __future__ import annotations
 import pickle
 from collections.abc import Callable
 from pathlib import Path
-
-from safetensors.torch import save_file
+from typing import TYPE_CHECKING
 
 from sslbench import __version__
 from sslbench.atomic import atomic_path, torch_save
-from sslbench.checkpoints.canonical import CanonicalCheckpoint
 from sslbench.checkpoints.detectron2_names import to_detectron2
+
+if TYPE_CHECKING:
+    from sslbench.checkpoints.canonical import CanonicalCheckpoint
 
 
 def write_torchvision(ckpt: CanonicalCheckpoint, out: Path) -> None:
@@ -24,6 +25,8 @@ def write_torchvision(ckpt: CanonicalCheckpoint, out: Path) -> None:
 
 def write_safetensors(ckpt: CanonicalCheckpoint, out: Path) -> None:
     """safetensors with the provenance (arch, source format, source sha256) in its metadata."""
+    from safetensors.torch import save_file
+
     metadata = {
         "arch": ckpt.arch,
         "source_format": ckpt.source_format,

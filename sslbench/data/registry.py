@@ -13,17 +13,55 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sslbench.data import builtin
-from sslbench.data.aircraft import aircraft
-from sslbench.data.base import LabeledImages, Transform
-from sslbench.data.cub import cub200
-from sslbench.data.imagefolder import imagefolder
-from sslbench.data.inat import inat18
 from sslbench.errors import DatasetError
 
+if TYPE_CHECKING:
+    from sslbench.data.base import LabeledImages, Transform
+
 SPLITS = ("train", "val", "trainval", "test")
+
+
+# Readers are imported when a dataset is built, so that listing the names (the CLI's choices)
+# does not import torch and PIL.
+def _digits(root: Path | None, split: str, t: Transform | None) -> LabeledImages:
+    from sslbench.data.builtin import digits
+
+    return digits(split, t)
+
+
+def _fashion_mnist(root: Path | None, split: str, t: Transform | None) -> LabeledImages:
+    from sslbench.data.builtin import fashion_mnist
+
+    return fashion_mnist(split, root, t)  # None: where Debian's package installs it
+
+
+def _cub200(root: Path, split: str, t: Transform | None) -> LabeledImages:
+    from sslbench.data.cub import cub200
+
+    return cub200(root, split, t)
+
+
+def _aircraft(level: str) -> Callable[..., LabeledImages]:
+    def build(root: Path, split: str, t: Transform | None) -> LabeledImages:
+        from sslbench.data.aircraft import aircraft
+
+        return aircraft(root, split, t, level=level)
+
+    return build
+
+
+def _inat18(root: Path, split: str, t: Transform | None) -> LabeledImages:
+    from sslbench.data.inat import inat18
+
+    return inat18(root, split, t)
+
+
+def _imagefolder(root: Path, split: str, t: Transform | None, class_list: str | None = None) -> LabeledImages:
+    from sslbench.data.imagefolder import imagefolder
+
+    return imagefolder(root, split, t, class_list=class_list)
 
 
 @dataclass(frozen=True)
@@ -42,21 +80,21 @@ DATASETS: dict[str, DatasetSpec] = {
     for spec in (
         DatasetSpec(
             "digits",
-            lambda root, split, t: builtin.digits(split, t),
+            _digits,
             False,
             False,
             "scikit-learn's handwritten digits (built in; no root needed)",
         ),
         DatasetSpec(
             "fashion-mnist",
-            lambda root, split, t: builtin.fashion_mnist(split, root, t),
+            _fashion_mnist,
             False,
             False,
-            f"Fashion-MNIST IDX files (default root {builtin.FASHION_MNIST_ROOT})",
+            "Fashion-MNIST IDX files (default: where Debian's dataset-fashion-mnist installs them)",
         ),
         DatasetSpec(
             "cub200",
-            lambda root, split, t: cub200(root, split, t),
+            _cub200,
             True,
             False,
             "CUB-200-2011: the CUB_200_2011/ folder of the official tarball",
@@ -65,7 +103,7 @@ DATASETS: dict[str, DatasetSpec] = {
         *(
             DatasetSpec(
                 "aircraft" if level == "variant" else f"aircraft-{level}",
-                lambda root, split, t, level=level: aircraft(root, split, t, level=level),
+                _aircraft(level),
                 True,
                 True,
                 f"FGVC-Aircraft 2013b at {level} level: the fgvc-aircraft-2013b/ folder",
@@ -75,14 +113,14 @@ DATASETS: dict[str, DatasetSpec] = {
         ),
         DatasetSpec(
             "inat18",
-            lambda root, split, t: inat18(root, split, t),
+            _inat18,
             True,
             False,
             "iNaturalist 2018: train2018.json, val2018.json and train_val2018/ (val2018 is the test split)",
         ),
         DatasetSpec(
             "imagefolder",
-            lambda root, split, t, class_list=None: imagefolder(root, split, t, class_list=class_list),
+            _imagefolder,
             True,
             False,
             "ImageNet-style ROOT/train/<class>/ and ROOT/val/<class>/ (val is the test split)",

@@ -228,7 +228,7 @@ def _linear_sgd(args: argparse.Namespace, run: _Run) -> Any:
     from sslbench.evaluate.features import describe_splits
     from sslbench.evaluate.linear import SgdSettings, check_backbone_unchanged, head_scores, train_linear_head
     from sslbench.evaluate.metrics import accuracy_metrics
-    from sslbench.models.resnet import feature_dim
+    from sslbench.models.archs import feature_dim
 
     settings = SgdSettings(
         epochs=args.epochs,

@@ -45,7 +45,8 @@ from sslbench.checkpoints.formats import SSLBENCH_FORMAT, SSLBENCH_FORMAT_VERSIO
 from sslbench.errors import CheckpointError, ConfigError
 from sslbench.evaluate import coretuning
 from sslbench.evaluate.metrics import AccuracyTally
-from sslbench.models.resnet import build_backbone, feature_dim
+from sslbench.models.archs import feature_dim
+from sslbench.models.resnet import build_backbone
 
 METHODS = ("ce", "coretuning")
 SCHEDULES = ("cosine", "multistep")

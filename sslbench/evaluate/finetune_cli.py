@@ -191,8 +191,6 @@ def run_finetune(args: argparse.Namespace, on_step: Any = None) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from sslbench.evaluate.finetune import METHODS
-
     p = subparsers.add_parser(
         "finetune", help="fine-tune the whole backbone: ssl-transfer lr x wd grid on val, or Core-tuning"
     )
@@ -204,7 +202,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=DEFAULT_CONFIG,
         help="protocol: a YAML file or a name under configs/finetune/ (ssl_transfer, inat18_vissl)",
     )
-    p.add_argument("--method", choices=METHODS, help="loss: ce (default) or coretuning")
+    p.add_argument("--method", help="loss: ce (default) or coretuning (checked with the config)")
     g = p.add_argument_group("overrides of the config")
     g.add_argument("--lr", type=float, help="with --wd: skip the grid and train at this point")
     g.add_argument("--wd", type=float, help="weight decay, with --lr")

@@ -4,9 +4,8 @@ The backbone is a torchvision ``ResNet`` whose ``fc`` is replaced by ``nn.Identi
 returns the flattened global-average-pooled feature ``(B, D)`` and its ``state_dict`` holds exactly
 the canonical keys (``conv1.weight``, ``bn1.*``, ``layer1.0.conv1.weight``, ..., no ``fc``).
 
-The ``_small_stem`` variants (e.g. ``resnet18_small_stem``) swap the 7x7/2 stem convolution and the
-max-pool for one 3x3/1 convolution, the usual CIFAR-style stem, so that 32-64 px images keep a
-useful spatial size through ``layer4``. Only ``conv1.weight``'s shape differs from the plain model.
+The ``_small_stem`` variants (names and depths in :mod:`sslbench.models.archs`) differ from the
+plain model only in ``conv1.weight``'s shape.
 """
 
 from __future__ import annotations
@@ -15,43 +14,7 @@ import torch
 from torch import nn
 from torchvision import models as tvm
 
-SMALL_STEM_SUFFIX = "_small_stem"
-
-# Blocks per stage and block type, as in torchvision (He et al. 2016).
-_DEPTHS: dict[str, tuple[tuple[int, int, int, int], str]] = {
-    "resnet18": ((2, 2, 2, 2), "basic"),
-    "resnet34": ((3, 4, 6, 3), "basic"),
-    "resnet50": ((3, 4, 6, 3), "bottleneck"),
-    "resnet101": ((3, 4, 23, 3), "bottleneck"),
-    "resnet152": ((3, 8, 36, 3), "bottleneck"),
-}
-
-ARCHS: tuple[str, ...] = tuple(_DEPTHS) + tuple(name + SMALL_STEM_SUFFIX for name in _DEPTHS)
-
-
-def base_arch(arch: str) -> str:
-    """``resnet18_small_stem`` -> ``resnet18``."""
-    return arch.removesuffix(SMALL_STEM_SUFFIX)
-
-
-def is_small_stem(arch: str) -> bool:
-    return arch.endswith(SMALL_STEM_SUFFIX)
-
-
-def check_arch(arch: str) -> str:
-    if arch not in ARCHS:
-        raise ValueError(f"unknown architecture {arch!r}; expected one of {', '.join(ARCHS)}")
-    return arch
-
-
-def stage_depths(arch: str) -> tuple[tuple[int, int, int, int], str]:
-    """Blocks per stage and the block type (``basic`` or ``bottleneck``) of ``arch``."""
-    return _DEPTHS[base_arch(check_arch(arch))]
-
-
-def feature_dim(arch: str) -> int:
-    """Width of the pooled feature: 512 for ResNet-18/34, 2048 for ResNet-50/101/152."""
-    return 512 if stage_depths(arch)[1] == "basic" else 2048
+from sslbench.models.archs import base_arch, check_arch, is_small_stem
 
 
 def build_backbone(arch: str) -> nn.Module:

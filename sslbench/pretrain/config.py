@@ -14,7 +14,7 @@ from pathlib import Path
 
 from sslbench.config import load_config, resolve_config_path
 from sslbench.errors import ConfigError
-from sslbench.models.resnet import ARCHS
+from sslbench.models.archs import ARCHS
 
 AUGMENTATIONS = ("mocov1", "mocov2")
 SCHEDULES = ("cosine", "step")

@@ -28,7 +28,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sslbench.models.resnet import build_backbone, feature_dim
+from sslbench.models.archs import feature_dim
+from sslbench.models.resnet import build_backbone
 from sslbench.pretrain.config import FeatureTransformConfig
 from sslbench.pretrain.feature_transform import (
     FTDraws,
