@@ -16,6 +16,7 @@ from sslbench.data import cli as data_cli
 from sslbench.errors import SslbenchError
 from sslbench.evaluate import cli as evaluate_cli
 from sslbench.pretrain import cli as pretrain_cli
+from sslbench.tools import cli as tools_cli
 from sslbench.transfer import cli as transfer_cli
 
 REGISTRARS = (
@@ -24,6 +25,7 @@ REGISTRARS = (
     data_cli.register,
     evaluate_cli.register,
     transfer_cli.register,
+    tools_cli.register,
 )
 
 
