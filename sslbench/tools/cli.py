@@ -50,9 +50,19 @@ def run_suite_command(args: argparse.Namespace) -> int:
 
 
 def run_quickstart(args: argparse.Namespace) -> int:
+    from sslbench.pretrain.cli import EXIT_SIGTERM
+    from sslbench.pretrain.train import PretrainingInterrupted
     from sslbench.tools.quickstart import quickstart
 
-    outputs = quickstart(args.out, dataset=args.dataset, root=args.root, quick=args.quick)
+    try:
+        outputs = quickstart(args.out, dataset=args.dataset, root=args.root, quick=args.quick)
+    except PretrainingInterrupted as exc:
+        print(
+            f"sslbench quickstart: stopped by SIGTERM; saved {exc.checkpoint}; run the same command "
+            "again to continue",
+            file=sys.stderr,
+        )
+        return EXIT_SIGTERM
     print("\nquickstart done:")
     for name, path in outputs.items():
         print(f"  {name:12s} {path}")

@@ -241,8 +241,10 @@ def build_leaderboard(
     loaded, skipped = collect_records(root)
     failed = [Problem(p, r.error or "failed") for p, r in loaded if r.status == "failed"]
     ok = [(p, r) for p, r in loaded if r.status == "ok" and r.task != "pretrain"]
-    names = _row_labels((r for _, r in ok), read_labels(root), labels or {})
-    order = {label: i for i, label in enumerate(read_labels(root).values())}
+    found = read_labels(root)
+    names = _row_labels((r for _, r in ok), found, labels or {})
+    # rows in the order of labels.json (the suite's order of checkpoints), then by name
+    position = {names[sha]: i for i, sha in enumerate(found) if sha in names}
 
     long_rows, identities = [], {}
     for path, record in ok:
@@ -301,7 +303,7 @@ def build_leaderboard(
     )
     cells["published"] = False
     columns = sorted(set(cells["column"]), key=Column.sort_key)
-    rows = sorted(set(cells["row"]), key=lambda r: (order.get(r, len(order)), r))
+    rows = sorted(set(cells["row"]), key=lambda r: (position.get(r, len(position)), r))
 
     published_rows, sources = set(), {}
     if with_published:

@@ -40,7 +40,7 @@ from omegaconf import MISSING
 from sslbench.atomic import write_json
 from sslbench.config import load_config, resolve_config_path
 from sslbench.errors import ConfigError, RecordError
-from sslbench.tools.leaderboard import LABELS_NAME, build_leaderboard, write_leaderboard
+from sslbench.tools.leaderboard import LABELS_NAME, Leaderboard, build_leaderboard, write_leaderboard
 from sslbench.tools.records import RECORD_NAME, ResultRecord, read_record, utc_now, write_record
 
 # suite task kind -> the sslbench subcommand that runs it
@@ -313,7 +313,8 @@ class SuiteReport:
     ran: list[Job] = field(default_factory=list)
     skipped: list[Job] = field(default_factory=list)
     failed: list[tuple[Job, str, Path]] = field(default_factory=list)  # job, error, failure record
-    leaderboard: dict[str, Path] = field(default_factory=dict)
+    board: Leaderboard | None = None
+    leaderboard: dict[str, Path] = field(default_factory=dict)  # md, csv, html
 
     def summary(self) -> str:
         lines = [f"suite: {len(self.ran)} ran, {len(self.skipped)} already done, {len(self.failed)} failed"]
@@ -348,8 +349,10 @@ def run_suite(
     labels: Sequence[str] | None = None,
     launcher: str = "local",
     cluster: str | None = None,
+    leaderboard_dir: str | Path | None = None,
 ) -> SuiteReport:
-    """Run every job of ``suite`` not done yet, record failures, then write ``OUT/leaderboard.*``."""
+    """Run every job of ``suite`` not done yet, record failures, then write the leaderboard of ``out``
+    into ``leaderboard_dir`` (default ``out``)."""
     out = Path(out).resolve()
     hashes = _checkpoint_hashes([Path(c) for c in checkpoints])
     _write_labels(out, hashes, labels)
@@ -367,7 +370,8 @@ def run_suite(
         _run_submitit(todo, suite, out, cluster, report)
     else:
         raise ConfigError(f"--launcher {launcher!r}: expected local or submitit")
-    report.leaderboard = write_leaderboard(build_leaderboard(out), out)
+    report.board = build_leaderboard(out)
+    report.leaderboard = write_leaderboard(report.board, leaderboard_dir or out)
     return report
 
 
