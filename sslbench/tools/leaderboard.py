@@ -31,7 +31,7 @@ import pandas as pd
 
 from sslbench.atomic import write_text
 from sslbench.errors import ConfigError, RecordError
-from sslbench.tools.published import PUBLISHED, PublishedKey
+from sslbench.tools.published import PUBLISHED, SOURCE, PublishedKey
 from sslbench.tools.records import RECORD_NAME, ResultRecord, read_record
 
 LABELS_NAME = "labels.json"
@@ -91,7 +91,6 @@ class Leaderboard:
     columns: list[Column]
     cells: pd.DataFrame
     published_rows: set[str] = field(default_factory=set)
-    sources: dict[str, str] = field(default_factory=dict)  # published row -> its source
     warnings: list[str] = field(default_factory=list)
     skipped: list[Problem] = field(default_factory=list)  # unreadable records
     failed: list[Problem] = field(default_factory=list)  # records of failed runs
@@ -305,13 +304,12 @@ def build_leaderboard(
     columns = sorted(set(cells["column"]), key=Column.sort_key)
     rows = sorted(set(cells["row"]), key=lambda r: (position.get(r, len(position)), r))
 
-    published_rows, sources = set(), {}
+    published_rows = set()
     if with_published:
         extra = []
-        for label, (source, values) in PUBLISHED.items():
+        for label, values in PUBLISHED.items():
             row = f"{label} (published)"
             published_rows.add(row)
-            sources[row] = source
             rows.append(row)
             for pkey, value in values.items():
                 targets = [c for c in columns if c.matches(pkey)]
@@ -326,7 +324,7 @@ def build_leaderboard(
         published["published"] = True
         cells = pd.concat([cells, published], ignore_index=True)
         columns.sort(key=Column.sort_key)
-    return Leaderboard(rows, columns, cells, published_rows, sources, warnings, skipped, failed)
+    return Leaderboard(rows, columns, cells, published_rows, warnings, skipped, failed)
 
 
 # ---------------------------------------------------------------- rendering
@@ -356,12 +354,11 @@ def notes(board: Leaderboard) -> list[tuple[str, str]]:
         )
     ]
     if board.published_rows:
-        sources = "; ".join(sorted(set(board.sources.values())))
         lines.append(
             (
                 "note",
                 "Rows marked † are published reference numbers (ResNet-50, ImageNet-1k, 200 epochs), "
-                f"not runs: {sources}.",
+                f"not runs: {SOURCE}.",
             )
         )
     lines += [("warning", w) for w in board.warnings]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-FT_PAPER = "Zhu et al. ICCV 2021 (FT), MoCo README"
+SOURCE = "Zhu et al. ICCV 2021 (FT) and the MoCo README; kNN: mmselfsup (MoCo v2), DINO README (DINO RN50)"
 
 
 @dataclass(frozen=True)
@@ -59,15 +59,12 @@ def _paper_row(
     }
 
 
-# label -> (source, values)
-PUBLISHED: dict[str, tuple[str, dict[PublishedKey, float]]] = {
-    "supervised": (FT_PAPER, _paper_row(76.1, 66.1, 81.9, 82.6, (81.3, 53.5, 58.8), (38.2, 33.3))),
-    "MoCo v1": (FT_PAPER, _paper_row(60.6, 65.6, 82.8, 83.5, (81.5, 55.9, 62.6), (38.5, 33.6))),
-    "MoCo v1 + FT": (FT_PAPER, _paper_row(61.9, 67.3, 83.2, 84.0, (82.0, 56.1, 62.0), (39.0, 34.1))),
-    "MoCo v2": (
-        FT_PAPER + "; kNN: mmselfsup",
-        {**_paper_row(67.5, 66.8, 82.9, 83.6, (82.4, 57.0, 63.6), (39.0, 34.2)), IN1K_KNN: 55.7},
-    ),
-    "MoCo v2 + FT": (FT_PAPER, _paper_row(69.6, 67.7, 83.1, 84.1, (83.3, 58.1, 65.1), (39.5, 34.6))),
-    "DINO RN50": ("DINO README (Caron et al. 2021)", {IN1K_KNN: 67.5}),
+# row label -> values
+PUBLISHED: dict[str, dict[PublishedKey, float]] = {
+    "supervised": _paper_row(76.1, 66.1, 81.9, 82.6, (81.3, 53.5, 58.8), (38.2, 33.3)),
+    "MoCo v1": _paper_row(60.6, 65.6, 82.8, 83.5, (81.5, 55.9, 62.6), (38.5, 33.6)),
+    "MoCo v1 + FT": _paper_row(61.9, 67.3, 83.2, 84.0, (82.0, 56.1, 62.0), (39.0, 34.1)),
+    "MoCo v2": {**_paper_row(67.5, 66.8, 82.9, 83.6, (82.4, 57.0, 63.6), (39.0, 34.2)), IN1K_KNN: 55.7},
+    "MoCo v2 + FT": _paper_row(69.6, 67.7, 83.1, 84.1, (83.3, 58.1, 65.1), (39.5, 34.6)),
+    "DINO RN50": {IN1K_KNN: 67.5},
 }
