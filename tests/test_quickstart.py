@@ -29,6 +29,9 @@ def test_quick_quickstart_writes_the_leaderboard_files_and_the_score_plot(tmp_pa
     # both pretraining runs left a score table; the FT one was trained with FT on the negatives
     assert "target: neg" in (out / "pretrain" / "mocov2_ft_neg" / "config.yaml").read_text()
     assert (out / "pretrain" / "mocov2" / "scores.csv").is_file()
+    # plot-scores RUN_DIR alone writes RUN_DIR/scores.png
+    assert main(["plot-scores", str(out / "pretrain" / "mocov2")]) == 0
+    assert (out / "pretrain" / "mocov2" / "scores.png").is_file()
 
 
 def test_fashion_mnist_needs_a_root(tmp_path: Path, capsys) -> None:
