@@ -17,6 +17,7 @@ from sslbench.errors import SslbenchError
 from sslbench.evaluate import cli as evaluate_cli
 from sslbench.evaluate import finetune_cli
 from sslbench.pretrain import cli as pretrain_cli
+from sslbench.tools import cli as tools_cli
 from sslbench.transfer import cli as transfer_cli
 
 REGISTRARS = (
@@ -26,6 +27,7 @@ REGISTRARS = (
     evaluate_cli.register,
     finetune_cli.register,
     transfer_cli.register,
+    tools_cli.register,
 )
 
 

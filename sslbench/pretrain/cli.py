@@ -29,7 +29,7 @@ def run_plot_scores(args: argparse.Namespace) -> int:
     from sslbench.tools.plots import plot_scores
 
     try:
-        output = plot_scores(args.runs, args.output, args.labels)
+        output = plot_scores(args.runs, args.output or args.runs[0] / "scores.png", args.labels)
     except ValueError as exc:
         raise SslbenchError(str(exc)) from None
     print(f"wrote {output}")
@@ -57,6 +57,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "plot-scores", help="plot the positive/negative score statistics of pretraining runs"
     )
     p.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR", help="run folders (holding scores.csv)")
-    p.add_argument("-o", "--output", type=Path, required=True, help="PNG file to write")
+    p.add_argument(
+        "-o", "--output", type=Path, help="PNG file to write (default: <first RUN_DIR>/scores.png)"
+    )
     p.add_argument("--labels", nargs="+", help="legend names, one per run (default: folder names)")
     p.set_defaults(run=run_plot_scores)

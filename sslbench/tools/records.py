@@ -7,14 +7,18 @@ Schema version 1 (accuracies and APs in percent)::
     protocol         {"name": str, "source": str, "settings": {...}}   full settings, as run
     dataset          {"name": str, "root": str|null, "split": str, ...}
     metrics          {name: float}                                     e.g. top1, top5, mean_per_class
-    checkpoint       {"path", "sha256", "format", "key", "arch", "label"}
+    checkpoint       {"path", "sha256", "format", "key", "arch"}
     seed             int
-    software         {"sslbench", "git", "python", "torch", "cuda", "gpu"}
-    started_at, finished_at   ISO 8601 UTC
-    status           ok | failed;   error: str | null
-    extra            free-form details (grids, per-k tables, paths of artefacts)
+    software         {"sslbench", "git", "python", "torch", "cuda", "gpu"}     optional
+    started_at, finished_at   ISO 8601 UTC, or null                            optional
+    status           ok | failed;   error: str | null                           optional (ok, null)
+    extra            free-form details (grids, per-k tables, paths of artefacts) optional
 
-Records are validated on write and on read and written atomically.
+Records are validated on write and on read, and written atomically. Reading accepts every schema
+version up to this one: a record of version ``n`` goes through ``UPGRADES[n]`` (a function from a
+version-``n`` dict to a version-``n + 1`` dict) until it reaches :data:`SCHEMA_VERSION`; an optional
+field a writer left out is read as its "unknown" value (:data:`OPTIONAL_FIELDS`), never as the
+reader's own time or software. Changing the schema means bumping the version and adding its upgrade.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import json
 import platform
 import subprocess
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,6 +42,17 @@ SCHEMA_VERSION = 1
 RECORD_NAME = "result.json"
 TASKS = ("knn", "linear", "finetune", "detection", "pretrain")
 _REQUIRED = ("task", "protocol", "dataset", "metrics", "checkpoint", "seed")
+# What an absent optional field means when a record is read: unknown, not "now" or "this software".
+OPTIONAL_FIELDS: dict[str, Callable[[], Any]] = {
+    "software": dict,
+    "started_at": lambda: None,
+    "finished_at": lambda: None,
+    "status": lambda: "ok",
+    "error": lambda: None,
+    "extra": dict,
+}
+# UPGRADES[n] turns a version-n record (a dict) into a version-(n + 1) record. Version 1 is the first.
+UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
 
 
 def utc_now() -> str:
@@ -97,7 +113,7 @@ class ResultRecord:
             problems.append("protocol.settings must be a mapping")
         if not isinstance(self.dataset, dict) or not isinstance(self.dataset.get("name"), str):
             problems.append("dataset needs a 'name'")
-        if not isinstance(self.checkpoint, dict) or "sha256" not in self.checkpoint:
+        if not isinstance(self.checkpoint, dict) or not isinstance(self.checkpoint.get("sha256"), str):
             problems.append("checkpoint needs a 'sha256'")
         if not isinstance(self.metrics, dict) or not all(
             isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool)
@@ -108,8 +124,16 @@ class ResultRecord:
             problems.append(f"status {self.status!r} is not ok|failed")
         if self.status == "ok" and not self.metrics:
             problems.append("a successful record needs metrics")
+        if self.status == "failed" and not isinstance(self.error, str):
+            problems.append("a failed record needs an 'error' message")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             problems.append("seed must be an integer")
+        for name in ("software", "extra"):
+            if not isinstance(getattr(self, name), dict):
+                problems.append(f"{name} must be a mapping")
+        for name in ("started_at", "finished_at"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                problems.append(f"{name} must be an ISO 8601 string or null")
         if problems:
             raise RecordError(f"{where}: invalid result record: " + "; ".join(problems))
         return self
@@ -120,19 +144,42 @@ class ResultRecord:
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "record") -> ResultRecord:
-        if not isinstance(data, dict):
-            raise RecordError(f"{where}: a result record is a JSON object, found {type(data).__name__}")
-        version = data.get("schema_version")
-        if version != SCHEMA_VERSION:
-            raise RecordError(
-                f"{where}: schema_version {version!r} is unknown (this release reads {SCHEMA_VERSION})"
-            )
+        """Validate ``data`` (a record of this or an older schema version) and build the record."""
+        data = upgrade(data, where)
         missing = [k for k in _REQUIRED if k not in data]
         if missing:
             raise RecordError(f"{where}: invalid result record: missing {', '.join(missing)}")
-        known = set(cls.__dataclass_fields__)
-        record = cls(**{k: v for k, v in data.items() if k in known})
-        return record.validate(where)
+        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise RecordError(
+                f"{where}: invalid result record: unknown fields {', '.join(unknown)} "
+                f"for schema version {SCHEMA_VERSION}"
+            )
+        values = {name: default() for name, default in OPTIONAL_FIELDS.items()}
+        values.update(data)
+        return cls(**values).validate(where)
+
+
+def upgrade(data: Any, where: str = "record") -> dict[str, Any]:
+    """Bring a record dict of any known schema version to :data:`SCHEMA_VERSION` through ``UPGRADES``."""
+    if not isinstance(data, dict):
+        raise RecordError(f"{where}: a result record is a JSON object, found {type(data).__name__}")
+    version = data.get("schema_version")
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= SCHEMA_VERSION:
+        newer = isinstance(version, int) and version > SCHEMA_VERSION
+        raise RecordError(
+            f"{where}: schema_version {version!r} is unknown (this release reads 1 to {SCHEMA_VERSION}"
+            + ("; the record was written by a newer sslbench" if newer else "")
+            + ")"
+        )
+    while version < SCHEMA_VERSION:
+        data = UPGRADES[version](dict(data))
+        version += 1
+        if data.get("schema_version") != version:
+            raise RecordError(
+                f"{where}: the upgrade from schema version {version - 1} did not give {version}"
+            )
+    return data
 
 
 def write_record(out_dir: str | Path, record: ResultRecord) -> Path:

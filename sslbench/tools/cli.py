@@ -1,0 +1,142 @@
+"""``sslbench leaderboard``, ``sslbench suite`` and ``sslbench quickstart``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def run_leaderboard(args: argparse.Namespace) -> int:
+    from sslbench.tools.leaderboard import (
+        build_leaderboard,
+        parse_label_options,
+        to_markdown,
+        write_leaderboard,
+    )
+
+    board = build_leaderboard(
+        args.results,
+        labels=parse_label_options(args.label),
+        with_published=args.with_published,
+        all_metrics=args.all_metrics,
+    )
+    for problem in board.skipped:
+        print(f"sslbench leaderboard: skipped {problem.path}: {problem.message}", file=sys.stderr)
+    for warning in board.warnings:
+        print(f"sslbench leaderboard: warning: {warning}", file=sys.stderr)
+    print(to_markdown(board), end="")
+    for path in write_leaderboard(board, args.output).values():
+        print(f"wrote {path}")
+    return 0
+
+
+def run_suite_command(args: argparse.Namespace) -> int:
+    from sslbench.tools.suite import load_suite, run_suite
+
+    suite = load_suite(args.suite, args.overrides)
+    report = run_suite(
+        suite,
+        args.checkpoints,
+        args.out,
+        labels=args.labels,
+        launcher=args.launcher,
+        cluster=args.cluster,
+    )
+    print(report.summary())
+    for path in report.leaderboard.values():
+        print(f"wrote {path}")
+    return 0 if not report.failed else 1
+
+
+def run_quickstart(args: argparse.Namespace) -> int:
+    from sslbench.pretrain.cli import EXIT_SIGTERM
+    from sslbench.pretrain.train import PretrainingInterrupted
+    from sslbench.tools.quickstart import quickstart
+
+    try:
+        outputs = quickstart(args.out, dataset=args.dataset, root=args.root, quick=args.quick)
+    except PretrainingInterrupted as exc:
+        print(
+            f"sslbench quickstart: stopped by SIGTERM; saved {exc.checkpoint}; run the same command "
+            "again to continue",
+            file=sys.stderr,
+        )
+        return EXIT_SIGTERM
+    print("\nquickstart done:")
+    for name, path in outputs.items():
+        print(f"  {name:12s} {path}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "leaderboard",
+        help="turn a folder of result.json records into Markdown, CSV and HTML tables",
+        description="Read every result.json below RESULTS_DIR: one row per checkpoint (sha256), one column "
+        "per dataset/protocol/metric, mean ± std over seeds. Records that disagree on protocol settings "
+        "get separate columns; unreadable records are reported and skipped.",
+    )
+    p.add_argument("results", type=Path, metavar="RESULTS_DIR")
+    p.add_argument(
+        "-o", "--output", type=Path, required=True, help="folder for leaderboard.md, .csv and .html"
+    )
+    p.add_argument(
+        "--label",
+        action="append",
+        default=[],
+        metavar="KEY=NAME",
+        help="name a checkpoint's row; KEY: a sha256 prefix (8+ hex digits) or the checkpoint's file name",
+    )
+    p.add_argument(
+        "--with-published",
+        action="store_true",
+        help="add the published reference rows (FT paper, MoCo README; ResNet-50, IN-1k), marked as such",
+    )
+    p.add_argument(
+        "--all-metrics",
+        action="store_true",
+        help="every metric of the records (default: top-1, each dataset's headline metric, detection APs)",
+    )
+    p.set_defaults(run=run_leaderboard)
+
+    p = subparsers.add_parser(
+        "suite",
+        help="run the evaluation tasks of a YAML file on checkpoints, then the leaderboard",
+        description="Run every task of the suite (configs/suites/NAME.yaml or a file) on every checkpoint, "
+        "each as its sslbench subcommand, in OUT/<sha256[:12]>/<task>-<settings hash>/seed<N>. A task "
+        "whose record already exists for that checkpoint and those settings is skipped; a failing task "
+        "is recorded and the others go on. Ends with OUT/leaderboard.{md,csv,html}.",
+    )
+    p.add_argument("checkpoints", nargs="+", type=Path, metavar="CKPT")
+    p.add_argument("--suite", required=True, help="a YAML file or the name of a shipped suite (paper, quick)")
+    p.add_argument("--out", type=Path, default=Path("runs/suite"), help="results folder (default runs/suite)")
+    p.add_argument("--labels", nargs="+", help="row names for the leaderboard, one per checkpoint")
+    p.add_argument(
+        "--launcher",
+        choices=("local", "submitit"),
+        default="local",
+        help="local: one task after another in this process; submitit: one Slurm job per task",
+    )
+    p.add_argument(
+        "--cluster",
+        choices=("slurm", "local", "debug"),
+        help="submitit only: its executor (default: Slurm where sbatch exists, else local processes)",
+    )
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="suite overrides, e.g. data_root=/data")
+    p.set_defaults(run=run_suite_command)
+
+    p = subparsers.add_parser(
+        "quickstart",
+        help="pretrain MoCo v2 and MoCo v2 + FT on built-in data, evaluate them, write the leaderboard",
+        description="On a fresh machine with no data: pretrain MoCo v2 and MoCo v2 + FT (tiny configs) on "
+        "scikit-learn's digits, evaluate both and a random-init baseline with kNN and the L-BFGS linear "
+        "probe at 32 px, and write the leaderboard and the score plot into --out.",
+    )
+    p.add_argument("--out", type=Path, default=Path("runs/quickstart"), help="output folder")
+    p.add_argument("--dataset", choices=("digits", "fashion-mnist"), default="digits")
+    p.add_argument("--root", type=Path, help="fashion-mnist: folder of the four IDX .gz files")
+    p.add_argument(
+        "--quick", action="store_true", help="a few iterations on a fraction of the data (a smoke test)"
+    )
+    p.set_defaults(run=run_quickstart)

@@ -1,0 +1,483 @@
+"""The leaderboard: every ``result.json`` below a folder as one table, one row per checkpoint.
+
+Shaped like the FT paper's tables (Zhu et al. ICCV 2021, Tables 2-5): one row per pretrained checkpoint,
+one column per (dataset, protocol, metric); a cell is the mean over seeds, with the sample std and the
+number of seeds. Rules:
+
+* A checkpoint is its sha256. Its row is named by a label (``--label``, or a ``labels.json`` that the
+  suite and the quickstart write beside their runs), else by its file name.
+* Records are averaged only when they agree on the protocol: the column key carries a hash of the
+  protocol name and settings and of the dataset description (without paths and without the values in
+  :data:`RUN_SPECIFIC_SETTINGS`). Records of one column that disagree are shown as separate columns,
+  each titled with its hash, and a warning names the settings that differ.
+* Two records of one checkpoint, column and seed (a re-run elsewhere) are not both counted: the newest
+  is kept, with a warning.
+* A record that cannot be read (corrupt, half-written, invalid) is reported by path and skipped; a
+  record of a failed run is listed with its error, never counted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from sslbench.atomic import write_text
+from sslbench.errors import ConfigError, RecordError
+from sslbench.tools.published import PUBLISHED, SOURCE, PublishedKey
+from sslbench.tools.records import RECORD_NAME, ResultRecord, read_record
+
+LABELS_NAME = "labels.json"
+# Settings that describe how a run went rather than what was measured: an outcome of the protocol
+# (``best_C``, chosen on val), where it ran (``device``, ``world_size``: the detection batch is the
+# total), how the exact search was chunked (``index``, ``query_chunk``), and the seed (a row's seeds
+# are averaged).
+RUN_SPECIFIC_SETTINGS = frozenset({"best_C", "device", "world_size", "index", "query_chunk", "seed"})
+# Dataset fields that differ between machines without changing the data.
+DATASET_PATHS = frozenset({"root"})
+TASK_ORDER = ("linear", "knn", "finetune", "detection")
+# Shown by default: each dataset's headline metric (DatasetSpec.headline_metric) plus top-1, and the
+# detection columns of the MoCo / FT tables (VOC AP50 / AP / AP75; COCO box and mask AP).
+DETECTION_METRICS = ("AP50", "AP", "AP75", "bbox_AP", "segm_AP")
+_METRIC_ORDER = ("top1", "mean_per_class", "top5", *DETECTION_METRICS)
+
+
+@dataclass(frozen=True)
+class Column:
+    """One leaderboard column: a metric of one protocol on one dataset (``settings``: hash, or '')."""
+
+    task: str
+    dataset: str
+    protocol: str
+    metric: str
+    settings: str = ""
+
+    @property
+    def title(self) -> str:
+        suffix = f" [{self.settings}]" if self.settings else ""
+        return f"{self.dataset} {self.protocol} {self.metric}{suffix}"
+
+    def sort_key(self) -> tuple[Any, ...]:
+        task = TASK_ORDER.index(self.task) if self.task in TASK_ORDER else len(TASK_ORDER)
+        metric = _METRIC_ORDER.index(self.metric) if self.metric in _METRIC_ORDER else len(_METRIC_ORDER)
+        return (task, self.dataset, self.protocol, metric, self.metric, self.settings)
+
+    def matches(self, key: PublishedKey) -> bool:
+        return (self.task, self.dataset, self.metric) == (
+            key.task,
+            key.dataset,
+            key.metric,
+        ) and self.protocol.startswith(key.protocol)
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: Path
+    message: str
+
+
+@dataclass
+class Leaderboard:
+    """``cells``: one row per (row, column) with mean, std, n, published; plus what was left out."""
+
+    rows: list[str]
+    columns: list[Column]
+    cells: pd.DataFrame
+    published_rows: set[str] = field(default_factory=set)
+    warnings: list[str] = field(default_factory=list)
+    skipped: list[Problem] = field(default_factory=list)  # unreadable records
+    failed: list[Problem] = field(default_factory=list)  # records of failed runs
+
+    def cell(self, row: str, column: Column) -> pd.Series | None:
+        hit = self.cells[(self.cells["row"] == row) & (self.cells["column"] == column)]
+        return None if hit.empty else hit.iloc[0]
+
+    def best(self, column: Column) -> float | None:
+        values = self.cells.loc[self.cells["column"] == column, "mean"]
+        return None if values.empty else float(values.max())
+
+
+def collect_records(root: str | Path) -> tuple[list[tuple[Path, ResultRecord]], list[Problem]]:
+    """Every readable ``result.json`` below ``root`` (sorted by path), and the unreadable ones."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ConfigError(f"{root}: no such results folder")
+    records, skipped = [], []
+    for path in sorted(root.rglob(RECORD_NAME)):
+        try:
+            records.append((path, read_record(path)))
+        except RecordError as exc:
+            skipped.append(Problem(path, str(exc)))
+    return records, skipped
+
+
+def read_labels(root: str | Path) -> dict[str, str]:
+    """sha256 -> label from every ``labels.json`` below ``root`` (written by the suite and quickstart)."""
+    labels: dict[str, str] = {}
+    for path in sorted(Path(root).rglob(LABELS_NAME)):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"{path}: not a readable labels file ({exc})") from None
+        if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+            raise ConfigError(f"{path}: expected a JSON object mapping checkpoint sha256 to a label")
+        labels.update(data)
+    return labels
+
+
+def parse_label_options(options: Sequence[str]) -> dict[str, str]:
+    """``KEY=LABEL`` pairs; KEY is a sha256 (or a prefix of 8+ hex digits) or a checkpoint file name."""
+    labels = {}
+    for option in options:
+        key, sep, label = option.partition("=")
+        if not sep or not key or not label:
+            raise ConfigError(f"--label {option!r}: expected KEY=LABEL (KEY a sha256 prefix or a file name)")
+        labels[key] = label
+    return labels
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, Mapping):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            out.update(_flatten(item, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: value}
+
+
+def protocol_identity(record: ResultRecord) -> dict[str, Any]:
+    """What must be equal for two records' numbers to be averaged (see the module docstring)."""
+    settings = record.protocol.get("settings", {})
+    return {
+        "protocol": record.protocol["name"],
+        "settings": {k: v for k, v in settings.items() if k not in RUN_SPECIFIC_SETTINGS},
+        "dataset": {k: v for k, v in record.dataset.items() if k not in DATASET_PATHS},
+    }
+
+
+def settings_hash(identity: Mapping[str, Any]) -> str:
+    """A short, stable hash of :func:`protocol_identity` (6 hex digits)."""
+    text = json.dumps(identity, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:6]
+
+
+def dataset_label(dataset: Mapping[str, Any]) -> str:
+    """The dataset's column name: its registry name; an ImageFolder is named by its class list, and an
+    ImageFolder of 1000 classes without one is ImageNet-1k."""
+    name = str(dataset["name"])
+    if name != "imagefolder":
+        return name
+    class_list = (dataset.get("options") or {}).get("class_list")
+    if class_list:
+        return f"imagefolder:{Path(class_list).stem}"
+    return "imagenet-1k" if dataset.get("num_classes") == 1000 else name
+
+
+def shown_metrics(record: ResultRecord, all_metrics: bool) -> list[str]:
+    if all_metrics:
+        return list(record.metrics)
+    if record.task == "detection":
+        wanted = list(DETECTION_METRICS)
+    else:
+        from sslbench.data.registry import DATASETS
+
+        spec = DATASETS.get(record.dataset["name"])
+        wanted = ["top1"] + ([spec.headline_metric] if spec is not None else [])
+    return [m for m in dict.fromkeys(wanted) if m in record.metrics]
+
+
+def _row_labels(
+    records: Iterable[ResultRecord], found: Mapping[str, str], given: Mapping[str, str]
+) -> dict[str, str]:
+    """sha256 -> row label: ``given`` (sha prefix or file name), then ``found`` (labels.json), then
+    the file name (with a sha prefix where two checkpoints share a name)."""
+    paths: dict[str, str] = {}
+    for record in records:
+        paths.setdefault(record.checkpoint["sha256"], str(record.checkpoint.get("path") or ""))
+    for key in given:
+        if not any(
+            sha.startswith(key.lower()) or Path(p).name == key or p == key for sha, p in paths.items()
+        ):
+            raise ConfigError(
+                f"--label {key}=...: no record's checkpoint has that sha256 prefix or file name"
+            )
+        if all(c in "0123456789abcdef" for c in key.lower()) and len(key) < 8:
+            raise ConfigError(f"--label {key}=...: a sha256 prefix needs at least 8 hex digits")
+    labels: dict[str, str] = {}
+    for sha, path in paths.items():
+        name = Path(path).name or sha[:12]
+        chosen = next(
+            (v for k, v in given.items() if sha.startswith(k.lower()) or k in (path, Path(path).name)), None
+        )
+        labels[sha] = chosen or found.get(sha) or name
+    counts = pd.Series(list(labels.values())).value_counts()
+    for sha, label in labels.items():
+        if counts[label] > 1:
+            labels[sha] = f"{label} ({sha[:8]})"
+    return labels
+
+
+def _differing_settings(identities: Sequence[Mapping[str, Any]]) -> list[str]:
+    flat = [_flatten(identity) for identity in identities]
+    keys = sorted(set().union(*flat))
+    return [k for k in keys if len({json.dumps(f.get(k), sort_keys=True, default=str) for f in flat}) > 1]
+
+
+def build_leaderboard(
+    root: str | Path,
+    labels: Mapping[str, str] | None = None,
+    with_published: bool = False,
+    all_metrics: bool = False,
+) -> Leaderboard:
+    """Read every record below ``root`` and aggregate it (see the module docstring)."""
+    loaded, skipped = collect_records(root)
+    failed = [Problem(p, r.error or "failed") for p, r in loaded if r.status == "failed"]
+    ok = [(p, r) for p, r in loaded if r.status == "ok" and r.task != "pretrain"]
+    found = read_labels(root)
+    names = _row_labels((r for _, r in ok), found, labels or {})
+    # rows in the order of labels.json (the suite's order of checkpoints), then by name
+    position = {names[sha]: i for i, sha in enumerate(found) if sha in names}
+
+    long_rows, identities = [], {}
+    for path, record in ok:
+        identity = protocol_identity(record)
+        digest = settings_hash(identity)
+        identities[digest] = identity
+        for metric in shown_metrics(record, all_metrics):
+            long_rows.append(
+                {
+                    "sha256": record.checkpoint["sha256"],
+                    "row": names[record.checkpoint["sha256"]],
+                    "task": record.task,
+                    "dataset": dataset_label(record.dataset),
+                    "protocol": record.protocol["name"],
+                    "metric": metric,
+                    "settings": digest,
+                    "seed": record.seed,
+                    "value": float(record.metrics[metric]),
+                    "finished_at": record.finished_at or "",
+                    "path": str(path),
+                }
+            )
+    columns_of = ["task", "dataset", "protocol", "metric"]
+    frame = pd.DataFrame(
+        long_rows, columns=["sha256", "row", *columns_of, "settings", "seed", "value", "finished_at", "path"]
+    )
+    warnings = []
+
+    # one value per (checkpoint, column, seed): the newest record wins
+    key = ["sha256", *columns_of, "settings", "seed"]
+    frame = frame.sort_values(["finished_at", "path"])
+    repeated = frame[frame.duplicated(key, keep=False)]
+    for _, group in repeated.groupby(key, sort=True):
+        paths = ", ".join(dict.fromkeys(group["path"]))
+        warnings.append(f"{len(group)} records of one checkpoint, column and seed ({paths}); kept the newest")
+    frame = frame.drop_duplicates(key, keep="last")
+
+    # protocol mismatch: one column per settings hash, never averaged
+    variants = frame.groupby(columns_of)["settings"].nunique()
+    split = {k for k, n in variants.items() if n > 1}
+    for k in sorted(split):
+        hashes = sorted(frame.loc[(frame[columns_of] == list(k)).all(axis=1), "settings"].unique())
+        differ = _differing_settings([identities[h] for h in hashes])
+        warnings.append(
+            f"{k[1]} {k[2]} {k[3]}: records disagree on the protocol ({', '.join(differ)}); "
+            f"shown as separate columns {', '.join(hashes)}, never averaged"
+        )
+    frame["column"] = [
+        Column(t, d, p, m, s if (t, d, p, m) in split else "")
+        for t, d, p, m, s in frame[[*columns_of, "settings"]].itertuples(index=False)
+    ]
+    cells = (
+        frame.groupby(["row", "column"], sort=False)["value"]
+        .agg(mean="mean", std="std", n="count")
+        .reset_index()
+    )
+    cells["published"] = False
+    columns = sorted(set(cells["column"]), key=Column.sort_key)
+    rows = sorted(set(cells["row"]), key=lambda r: (position.get(r, len(position)), r))
+
+    published_rows = set()
+    if with_published:
+        extra = []
+        for label, values in PUBLISHED.items():
+            row = f"{label} (published)"
+            published_rows.add(row)
+            rows.append(row)
+            for pkey, value in values.items():
+                targets = [c for c in columns if c.matches(pkey)]
+                if not targets:
+                    new = Column(pkey.task, pkey.dataset, pkey.protocol, pkey.metric)
+                    targets = [new]
+                    if new not in columns:
+                        columns.append(new)
+                for column in targets:
+                    extra.append({"row": row, "column": column, "mean": value, "std": math.nan, "n": 0})
+        published = pd.DataFrame(extra, columns=["row", "column", "mean", "std", "n"])
+        published["published"] = True
+        cells = pd.concat([cells, published], ignore_index=True)
+        columns.sort(key=Column.sort_key)
+    return Leaderboard(rows, columns, cells, published_rows, warnings, skipped, failed)
+
+
+# ---------------------------------------------------------------- rendering
+
+
+def format_cell(cell: pd.Series | None) -> str:
+    """``mean``, or ``mean ± std (n=N)`` over N > 1 seeds; empty when there is no value."""
+    if cell is None or pd.isna(cell["mean"]):
+        return ""
+    if cell["published"] or cell["n"] <= 1:
+        return f"{cell['mean']:.2f}"
+    return f"{cell['mean']:.2f} ± {cell['std']:.2f} (n={int(cell['n'])})"
+
+
+def _is_best(board: Leaderboard, row: str, column: Column) -> bool:
+    cell, best = board.cell(row, column), board.best(column)
+    return cell is not None and best is not None and math.isclose(float(cell["mean"]), best)
+
+
+def notes(board: Leaderboard) -> list[tuple[str, str]]:
+    """(kind, text) lines under the table: ``note`` (how to read it) or ``warning``."""
+    lines = [
+        (
+            "note",
+            "Cells: mean ± sample std over seeds (n = number of seeds; no ± for one seed). "
+            "Best per column in bold.",
+        )
+    ]
+    if board.published_rows:
+        lines.append(
+            (
+                "note",
+                "Rows marked † are published reference numbers (ResNet-50, ImageNet-1k, 200 epochs), "
+                f"not runs: {SOURCE}.",
+            )
+        )
+    lines += [("warning", w) for w in board.warnings]
+    lines += [("warning", f"skipped unreadable record {p.path}: {p.message}") for p in board.skipped]
+    lines += [("warning", f"failed run {p.path}: {p.message}") for p in board.failed]
+    return lines
+
+
+def to_markdown(board: Leaderboard) -> str:
+    def escape(text: str) -> str:
+        return text.replace("|", "\\|")
+
+    header = ["checkpoint", *(escape(c.title) for c in board.columns)]
+    lines = ["| " + " | ".join(header) + " |", "| --- |" + " ---: |" * len(board.columns)]
+    for row in board.rows:
+        label = f"{row} †" if row in board.published_rows else row
+        cells = []
+        for column in board.columns:
+            text = format_cell(board.cell(row, column))
+            cells.append(f"**{text}**" if text and _is_best(board, row, column) else text)
+        lines.append("| " + " | ".join([escape(label), *cells]) + " |")
+    return (
+        "\n".join(lines)
+        + "\n\n"
+        + "\n".join(
+            f"- {'Warning: ' if kind == 'warning' else ''}{escape(text)}" for kind, text in notes(board)
+        )
+        + "\n"
+    )
+
+
+def to_frame(board: Leaderboard) -> pd.DataFrame:
+    """The wide table: one row per checkpoint; ``<column> mean``, ``<column> std``, ``<column> n``."""
+    data: dict[str, list[Any]] = {"checkpoint": list(board.rows)}
+    data["published"] = [row in board.published_rows for row in board.rows]
+    for column in board.columns:
+        cells = [board.cell(row, column) for row in board.rows]
+        for stat in ("mean", "std", "n"):
+            data[f"{column.title} {stat}"] = [math.nan if c is None else c[stat] for c in cells]
+    return pd.DataFrame(data)
+
+
+_STYLE = """
+body { font: 14px system-ui, sans-serif; margin: 2em; color: #222; }
+table { border-collapse: collapse; }
+th, td { border: 1px solid #ccc; padding: 4px 10px; text-align: right; white-space: nowrap; }
+th { background: #f0f0f0; cursor: pointer; user-select: none; }
+th:first-child, td:first-child { text-align: left; }
+td.best { font-weight: bold; background: #e3f4e3; }
+tr.published td { font-style: italic; color: #555; background: #f7f7fb; }
+tr.published td.best { background: #e3ece3; }
+th .arrow { color: #888; font-size: 11px; }
+li.warning { color: #a15c00; }
+"""
+
+_SCRIPT = """
+document.querySelectorAll("table.leaderboard th").forEach((th, col) => {
+  th.addEventListener("click", () => {
+    const body = th.closest("table").tBodies[0];
+    const desc = th.dataset.order !== "desc";
+    th.closest("tr").querySelectorAll("th").forEach(h => {
+      delete h.dataset.order;
+      h.querySelector(".arrow").textContent = "";
+    });
+    th.dataset.order = desc ? "desc" : "asc";
+    th.querySelector(".arrow").textContent = desc ? " \\u25BC" : " \\u25B2";
+    const key = row => {
+      const cell = row.cells[col];
+      return cell.dataset.value === undefined ? cell.textContent : parseFloat(cell.dataset.value);
+    };
+    const rows = Array.from(body.rows);
+    rows.sort((a, b) => {
+      const x = key(a), y = key(b);
+      if (typeof x === "number" || typeof y === "number") {
+        if (isNaN(x)) return 1; if (isNaN(y)) return -1;
+        return desc ? y - x : x - y;
+      }
+      return desc ? y.localeCompare(x) : x.localeCompare(y);
+    });
+    rows.forEach(r => body.appendChild(r));
+  });
+});
+"""
+
+
+def to_html(board: Leaderboard, title: str = "sslbench leaderboard") -> str:
+    """A self-contained page: the table (click a header to sort), best per column marked, and notes."""
+    esc = html.escape
+    head = "".join(f'<th>{esc(c.title)}<span class="arrow"></span></th>' for c in board.columns)
+    body = []
+    for row in board.rows:
+        published = row in board.published_rows
+        label = f"{row} †" if published else row
+        cells = [f"<td>{esc(label)}</td>"]
+        for column in board.columns:
+            cell = board.cell(row, column)
+            text = format_cell(cell)
+            value = "" if cell is None or pd.isna(cell["mean"]) else f"{float(cell['mean']):.6g}"
+            cls = ' class="best"' if text and _is_best(board, row, column) else ""
+            cells.append(f'<td{cls} data-value="{value or "NaN"}">{esc(text)}</td>')
+        cls = ' class="published"' if published else ""
+        body.append(f"<tr{cls}>" + "".join(cells) + "</tr>")
+    items = "".join(f'<li class="{kind}">{esc(text)}</li>' for kind, text in notes(board))
+    return (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f"<title>{esc(title)}</title>\n<style>{_STYLE}</style>\n</head>\n<body>\n"
+        f"<h1>{esc(title)}</h1>\n"
+        '<table class="leaderboard">\n<thead><tr><th>checkpoint<span class="arrow"></span></th>'
+        f"{head}</tr></thead>\n"
+        f"<tbody>\n" + "\n".join(body) + "\n</tbody>\n</table>\n"
+        f"<ul>{items}</ul>\n<script>{_SCRIPT}</script>\n</body>\n</html>\n"
+    )
+
+
+def write_leaderboard(board: Leaderboard, out_dir: str | Path, name: str = "leaderboard") -> dict[str, Path]:
+    """Write ``name.md``, ``name.csv`` and ``name.html`` into ``out_dir`` (atomically)."""
+    out = Path(out_dir)
+    paths = {suffix: out / f"{name}.{suffix}" for suffix in ("md", "csv", "html")}
+    write_text(paths["md"], to_markdown(board))
+    write_text(paths["csv"], to_frame(board).to_csv(index=False))
+    write_text(paths["html"], to_html(board))
+    return paths

@@ -1,0 +1,70 @@
+"""Published reference numbers (ResNet-50, ImageNet-1k pretraining, 200 epochs), DESIGN.md section 9.
+
+Sources: the FT paper (Zhu et al., "Improving Contrastive Learning by Visualizing Feature
+Transformation", ICCV 2021; its iNat18 / CUB / Aircraft columns are fine-tuning top-1 accuracies) and
+the MoCo README (IN-1k linear, VOC and COCO detection with the R50-C4 recipe). kNN anchors (ImageNet,
+k=20, T=0.07): MoCo v2 200 ep from mmselfsup's model zoo, DINO ResNet-50 from the DINO README.
+
+Each value is keyed like a leaderboard column: (task, dataset, protocol prefix, metric). A record's
+column matches when task, dataset and metric are equal and its protocol name starts with the prefix
+(so ``linear-sgd``, MoCo's protocol, never sits beside an L-BFGS probe).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SOURCE = "Zhu et al. ICCV 2021 (FT) and the MoCo README; kNN: mmselfsup (MoCo v2), DINO README (DINO RN50)"
+
+
+@dataclass(frozen=True)
+class PublishedKey:
+    task: str
+    dataset: str
+    protocol: str  # a prefix of the matching records' protocol names
+    metric: str
+
+
+IN1K_LINEAR = PublishedKey("linear", "imagenet-1k", "linear-sgd", "top1")
+IN1K_KNN = PublishedKey("knn", "imagenet-1k", "knn", "top1")
+INAT = PublishedKey("finetune", "inat18", "finetune", "top1")
+CUB = PublishedKey("finetune", "cub200", "finetune", "top1")
+AIRCRAFT = PublishedKey("finetune", "aircraft", "finetune", "top1")
+VOC = {
+    m: PublishedKey("detection", "voc_2007_test", "detectron2-moco-voc", m) for m in ("AP50", "AP", "AP75")
+}
+COCO = {
+    m: PublishedKey("detection", "coco_2017_val", "detectron2-moco-coco", m) for m in ("bbox_AP", "segm_AP")
+}
+
+
+def _paper_row(
+    in1k: float,
+    inat: float,
+    cub: float,
+    air: float,
+    voc: tuple[float, float, float],
+    coco: tuple[float, float],
+) -> dict[PublishedKey, float]:
+    return {
+        IN1K_LINEAR: in1k,
+        INAT: inat,
+        CUB: cub,
+        AIRCRAFT: air,
+        VOC["AP50"]: voc[0],
+        VOC["AP"]: voc[1],
+        VOC["AP75"]: voc[2],
+        COCO["bbox_AP"]: coco[0],
+        COCO["segm_AP"]: coco[1],
+    }
+
+
+# row label -> values
+PUBLISHED: dict[str, dict[PublishedKey, float]] = {
+    "supervised": _paper_row(76.1, 66.1, 81.9, 82.6, (81.3, 53.5, 58.8), (38.2, 33.3)),
+    "MoCo v1": _paper_row(60.6, 65.6, 82.8, 83.5, (81.5, 55.9, 62.6), (38.5, 33.6)),
+    "MoCo v1 + FT": _paper_row(61.9, 67.3, 83.2, 84.0, (82.0, 56.1, 62.0), (39.0, 34.1)),
+    "MoCo v2": {**_paper_row(67.5, 66.8, 82.9, 83.6, (82.4, 57.0, 63.6), (39.0, 34.2)), IN1K_KNN: 55.7},
+    "MoCo v2 + FT": _paper_row(69.6, 67.7, 83.1, 84.1, (83.3, 58.1, 65.1), (39.5, 34.6)),
+    "DINO RN50": {IN1K_KNN: 67.5},
+}

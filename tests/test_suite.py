@@ -1,0 +1,181 @@
+"""``sslbench suite``: tasks as subcommands, failures recorded, finished tasks skipped, the leaderboard."""
+
+from __future__ import annotations
+
+import pickle
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from checkpoint_sources import resnet
+
+from sslbench.cli import main
+from sslbench.data import fixtures
+from sslbench.errors import ConfigError
+from sslbench.tools import suite as suite_module
+from sslbench.tools.records import read_record
+from sslbench.tools.suite import TaskConfig, load_suite, plan_jobs, run_command, run_suite, spec_hash
+
+SMALL = {"image-size": 32, "batch-size": 16, "workers": 0}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """A torchvision ResNet-18, a CUB fixture, and a suite file: kNN, L-BFGS linear, and a broken kNN."""
+    base = tmp_path_factory.mktemp("suite")
+    checkpoint = base / "resnet18.pth"
+    torch.save(resnet("resnet18", seed=0).state_dict(), checkpoint)
+    data = fixtures.write_cub(base / "data", num_classes=3, per_class=5, size=32).root
+    suite = base / "tiny.yaml"
+    suite.write_text(
+        f"""
+name: tiny
+tasks:
+  - name: cub-knn
+    task: knn
+    dataset: cub200
+    root: {data}
+    options: {{image-size: 32, batch-size: 16, workers: 0, knn: ["5:0.07", "10:0.07"], primary: "5:0.07"}}
+  - name: cub-linear
+    task: linear
+    dataset: cub200
+    root: {data}
+    options: {{protocol: lbfgs, c-grid-size: 3, image-size: 32, batch-size: 16, workers: 0}}
+  - name: broken
+    task: knn
+    dataset: cub200
+    root: {base / "no-such-dataset"}
+    options: {{image-size: 32, workers: 0}}
+"""
+    )
+    return checkpoint, data, suite
+
+
+def test_a_failing_task_is_recorded_and_the_other_tasks_still_run(
+    setup: tuple[Path, Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    checkpoint, _, suite_file = setup
+    out = tmp_path / "results"
+    assert (
+        main(["suite", str(checkpoint), "--suite", str(suite_file), "--out", str(out), "--labels", "R18"])
+        == 1
+    )
+    captured = capsys.readouterr()
+    assert "suite: 2 ran, 0 already done, 1 failed" in captured.out
+
+    jobs = {
+        job.task.name: job for job in plan_jobs(load_suite(suite_file), [(checkpoint, _sha(checkpoint))], out)
+    }
+    knn, linear = read_record(jobs["cub-knn"].records[0]), read_record(jobs["cub-linear"].records[0])
+    assert (
+        knn.status == linear.status == "ok"
+        and knn.task == "knn"
+        and linear.protocol["name"] == "linear-lbfgs"
+    )
+    failure = read_record(jobs["broken"].records[0])
+    assert failure.status == "failed" and failure.task == "knn"
+    assert "no-such-dataset" in failure.error and failure.extra["argv"][0] == "knn"
+    assert failure.checkpoint["sha256"] == knn.checkpoint["sha256"]
+
+    board = (out / "leaderboard.md").read_text()
+    assert "| R18 |" in board and "cub200 knn top1" in board and "cub200 linear-lbfgs top1" in board
+    assert "failed run" in board and "no-such-dataset" in board
+    assert (out / "leaderboard.csv").is_file() and (out / "leaderboard.html").is_file()
+
+    # a second run does no work for the recorded tasks: only the failed one is tried again
+    calls = []
+
+    def spy(argv):
+        calls.append(list(argv))
+        return run_command(argv)
+
+    monkeypatch.setattr(suite_module, "run_command", spy)
+    mtimes = {p: p.stat().st_mtime_ns for p in (jobs["cub-knn"].records[0], jobs["cub-linear"].records[0])}
+    moved = tmp_path / "elsewhere.pth"  # the same file elsewhere: the same checkpoint
+    shutil.copy(checkpoint, moved)
+    report = run_suite(load_suite(suite_file), [moved], out)
+    assert [c[0] for c in calls] == ["knn"] and "no-such-dataset" in " ".join(calls[0])
+    assert len(report.skipped) == 2 and len(report.failed) == 1 and not report.ran
+    assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
+
+
+def _sha(path: Path) -> str:
+    from sslbench.checkpoints.loading import sha256_of
+
+    return sha256_of(path)
+
+
+def test_the_run_folder_follows_the_task_settings_not_the_checkpoint_path(tmp_path: Path) -> None:
+    task = TaskConfig(name="t", task="linear", dataset="digits", options={"protocol": "lbfgs"})
+    other = TaskConfig(name="t", task="linear", dataset="digits", options={"protocol": "sgd"})
+    assert spec_hash(task) != spec_hash(other)
+    suite = suite_module.SuiteConfig(tasks=[task])
+    a = plan_jobs(suite, [(Path("/x/a.pth"), "1" * 64)], tmp_path)[0]
+    b = plan_jobs(suite, [(Path("/y/b.pth"), "1" * 64)], tmp_path)[0]
+    assert a.out == b.out == tmp_path / ("1" * 12) / f"t-{spec_hash(task)}" / "seed0"
+    assert a.argv[:2] == ("linear", "/x/a.pth") and "--protocol" in a.argv
+
+
+def test_detection_tasks_run_detect_once_for_all_seeds_with_resume(tmp_path: Path) -> None:
+    suite = load_suite("paper", ["data_root=/data"])
+    jobs = plan_jobs(suite, [(Path("/c.pth"), "2" * 64)], tmp_path)
+    voc = next(j for j in jobs if j.task.name == "voc-detection")
+    assert voc.argv[:4] == ("detect", "/c.pth", "--task", "voc")
+    assert "--resume" in voc.argv and voc.argv[voc.argv.index("--seeds") + 1] == "3"
+    assert [p.parent.name for p in voc.records] == ["seed0", "seed1", "seed2"]
+    cub = next(j for j in jobs if j.task.name == "cub-finetune")
+    assert (
+        cub.argv[:5] == ("finetune", "/c.pth", "--dataset", "cub200", "--root")
+        and "/data/CUB_200_2011" in cub.argv
+    )
+
+
+def test_an_unknown_command_fails_with_a_clear_message() -> None:
+    outcome = run_command(["no-such-command", "x.pth"])
+    assert outcome.returncode == 2
+    assert "unknown command 'no-such-command'" in outcome.error
+
+
+def test_a_command_error_is_captured_from_stderr(tmp_path: Path) -> None:
+    outcome = run_command(
+        ["knn", str(tmp_path / "missing.pth"), "--dataset", "digits", "--out", str(tmp_path)]
+    )
+    assert (
+        outcome.returncode == 2
+        and "missing.pth" in outcome.error
+        and outcome.error.startswith("sslbench knn")
+    )
+
+
+def test_suite_files_are_validated(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("tasks:\n  - {name: a, task: segmentation, dataset: digits}\n")
+    with pytest.raises(ConfigError, match="segmentation"):
+        load_suite(bad)
+    bad.write_text("tasks:\n  - {name: a, task: knn, dataset: digits, options: {out: x}}\n")
+    with pytest.raises(ConfigError, match="options out are set by the suite"):
+        load_suite(bad)
+    bad.write_text(
+        "tasks:\n  - {name: a, task: knn, dataset: digits}\n  - {name: a, task: knn, dataset: digits}\n"
+    )
+    with pytest.raises(ConfigError, match="used twice"):
+        load_suite(bad)
+    assert load_suite("quick").tasks[1].options["protocol"] == "lbfgs"
+
+
+def test_submitit_launcher_runs_each_task_as_a_job(setup: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    """submitit's debug executor runs the jobs in this process; the job function must pickle."""
+    pytest.importorskip("submitit")
+    checkpoint, data, _ = setup
+    function, argv = pickle.loads(pickle.dumps((run_command, ["knn", str(checkpoint)])))
+    assert function is run_command and argv == ["knn", str(checkpoint)]
+    task = TaskConfig(
+        name="knn", task="knn", dataset="cub200", root=str(data), options={**SMALL, "knn": ["5:0.07"]}
+    )
+    task.options["primary"] = "5:0.07"
+    suite = suite_module.SuiteConfig(tasks=[task])
+    report = run_suite(suite, [checkpoint], tmp_path, launcher="submitit", cluster="debug")
+    assert len(report.ran) == 1 and not report.failed
+    assert read_record(report.ran[0].records[0]).status == "ok"
+    assert (tmp_path / "submitit").is_dir()
