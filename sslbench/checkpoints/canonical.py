@@ -112,3 +112,16 @@ def match_backbone(state_dict: StateDict, arch: str, where: str) -> tuple[StateD
         raise CheckpointError("\n".join(lines))
     ordered = {k: (state_dict[k] if k in state_dict else torch.zeros((), dtype=torch.long)) for k in expected}
     return ordered, filled
+
+
+def tensors_differing(module: torch.nn.Module, reference: StateDict) -> list[str]:
+    """Keys where ``module``'s state dict is not exactly ``reference`` (missing or extra keys too),
+    sorted: the check behind "the backbone is the checkpoint's" guarantees (MoCo's sanity_check)."""
+    current = module.state_dict()
+    differ = set(current) ^ set(reference)
+    differ |= {
+        k
+        for k in set(current) & set(reference)
+        if not torch.equal(current[k].detach().cpu(), reference[k].cpu())
+    }
+    return sorted(differ)

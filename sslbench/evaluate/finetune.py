@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from sslbench.atomic import torch_save
-from sslbench.checkpoints.canonical import CanonicalCheckpoint
+from sslbench.checkpoints.canonical import CanonicalCheckpoint, tensors_differing
 from sslbench.checkpoints.formats import SSLBENCH_FORMAT, SSLBENCH_FORMAT_VERSION
 from sslbench.errors import CheckpointError, ConfigError
 from sslbench.evaluate import coretuning
@@ -244,10 +244,7 @@ def build_finetune_model(
 def check_backbone_matches(backbone: nn.Module, reference: dict[str, torch.Tensor]) -> None:
     """Every backbone tensor equals the checkpoint's (no silent re-initialisation); raises
     :class:`CheckpointError` naming the tensors that differ."""
-    current = backbone.state_dict()
-    if set(current) != set(reference):
-        raise CheckpointError("the fine-tuned backbone's keys differ from the checkpoint's")
-    differ = sorted(k for k, v in reference.items() if not torch.equal(current[k].detach().cpu(), v.cpu()))
+    differ = tensors_differing(backbone, reference)
     if differ:
         raise CheckpointError(f"at step 0 the backbone differs from the checkpoint in {differ[:8]}")
 

@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from sslbench.atomic import torch_save
+from sslbench.checkpoints.canonical import tensors_differing
 from sslbench.errors import ConfigError
 from sslbench.evaluate.metrics import AccuracyTally
 
@@ -245,10 +246,7 @@ def train_linear_head(
 def check_backbone_unchanged(backbone: nn.Module, reference: dict[str, torch.Tensor]) -> None:
     """MoCo's ``sanity_check``: every backbone tensor (BN statistics included) equals the
     checkpoint's. Raises ``RuntimeError`` naming the tensors that moved."""
-    current = backbone.state_dict()
-    if set(current) != set(reference):
-        raise RuntimeError("the backbone's keys differ from the checkpoint's")
-    changed = sorted(k for k, v in reference.items() if not torch.equal(current[k].detach().cpu(), v.cpu()))
+    changed = tensors_differing(backbone, reference)
     if changed:
         raise RuntimeError(f"the frozen backbone changed during the linear probe: {changed[:8]}")
 
