@@ -40,6 +40,7 @@ class _Run:
     cache: Any  # FeatureCache | None
     options: dict[str, Any]
     model: Any  # () -> nn.Module, built at most once
+    started_at: str  # when the command began, for the record
 
     def split(self, split: str, transform: Any) -> tuple[Any, Any]:
         """The dataset split and its features (from the cache when there)."""
@@ -68,7 +69,9 @@ def _open_run(args: argparse.Namespace) -> _Run:
     from sslbench.data.cli import dataset_options_from_args
     from sslbench.evaluate.features import FeatureCache, lazy
     from sslbench.models.resnet import build_backbone
+    from sslbench.tools.records import utc_now
 
+    started_at = utc_now()
     if args.image_size < 8 or args.batch_size < 1 or args.workers < 0:
         raise ConfigError("--image-size must be >= 8, --batch-size >= 1 and --workers >= 0")
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -85,7 +88,7 @@ def _open_run(args: argparse.Namespace) -> _Run:
         args.cache_dir if args.cache_dir is not None else Path(args.out).resolve().parent / ".feature_cache"
     )
     cache = None if args.no_cache else FeatureCache(cache_dir)
-    return _Run(args, ckpt, device, cache, dataset_options_from_args(args), lazy(backbone))
+    return _Run(args, ckpt, device, cache, dataset_options_from_args(args), lazy(backbone), started_at)
 
 
 def _dataset_record(
@@ -164,6 +167,7 @@ def run_knn(args: argparse.Namespace) -> int:
         dataset=_dataset_record(args, train_ds, test_ds, run.options),
         metrics=outcomes[primary].metrics,
         checkpoint=run.ckpt.describe(),
+        started_at=run.started_at,
         seed=args.seed,
         extra={"knn": table, "features": describe_splits([("trainval", train), ("test", test)])},
     )
@@ -308,6 +312,7 @@ def run_linear(args: argparse.Namespace) -> int:
         dataset=_dataset_record(args, train_ds, test_ds, run.options),
         metrics=metrics,
         checkpoint=run.ckpt.describe(),
+        started_at=run.started_at,
         seed=args.seed,
         extra=extra,
     )
