@@ -31,6 +31,16 @@ MOCO = {
     "MODEL.RPN.PRE_NMS_TOPK_TEST": 6000,
     "MODEL.RPN.POST_NMS_TOPK_TEST": 1000,
 }
+
+_COCO = {  # Mask R-CNN R50-C4 on COCO 2017, as in MoCo's detection configs
+    "MODEL.MASK_ON": True,
+    "MODEL.ROI_HEADS.NUM_CLASSES": 80,
+    "INPUT.MIN_SIZE_TRAIN": [640, 672, 704, 736, 768, 800],
+    "INPUT.MIN_SIZE_TEST": 800,
+    "DATASETS.TRAIN": ["coco_2017_train"],
+    "DATASETS.TEST": ["coco_2017_val"],
+}
+
 PER_TASK = {
     "voc": {  # pascal_voc_R_50_C4_24k.yaml
         "MODEL.MASK_ON": False,
@@ -43,26 +53,9 @@ PER_TASK = {
         "SOLVER.STEPS": [18000, 22000],
         "SOLVER.WARMUP_ITERS": 100,
     },
-    "coco-1x": {  # Detectron2's Base-RCNN-C4.yaml 1x schedule
-        "MODEL.MASK_ON": True,
-        "MODEL.ROI_HEADS.NUM_CLASSES": 80,
-        "INPUT.MIN_SIZE_TRAIN": [640, 672, 704, 736, 768, 800],
-        "INPUT.MIN_SIZE_TEST": 800,
-        "DATASETS.TRAIN": ["coco_2017_train"],
-        "DATASETS.TEST": ["coco_2017_val"],
-        "SOLVER.MAX_ITER": 90000,
-        "SOLVER.STEPS": [60000, 80000],
-    },
-    "coco-2x": {  # coco_R_50_C4_2x.yaml
-        "MODEL.MASK_ON": True,
-        "MODEL.ROI_HEADS.NUM_CLASSES": 80,
-        "INPUT.MIN_SIZE_TRAIN": [640, 672, 704, 736, 768, 800],
-        "INPUT.MIN_SIZE_TEST": 800,
-        "DATASETS.TRAIN": ["coco_2017_train"],
-        "DATASETS.TEST": ["coco_2017_val"],
-        "SOLVER.MAX_ITER": 180000,
-        "SOLVER.STEPS": [120000, 160000],
-    },
+    # Detectron2's Base-RCNN-C4.yaml 1x schedule; MoCo's coco_R_50_C4_2x.yaml
+    "coco-1x": _COCO | {"SOLVER.MAX_ITER": 90000, "SOLVER.STEPS": [60000, 80000]},
+    "coco-2x": _COCO | {"SOLVER.MAX_ITER": 180000, "SOLVER.STEPS": [120000, 160000]},
 }
 
 
