@@ -10,7 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from omegaconf import OmegaConf
+import yaml
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from sslbench.errors import ConfigError
@@ -32,12 +33,31 @@ def resolve_config_path(path: str | Path, group: str) -> Path:
     raise ConfigError(f"config {path}: no such file (nor under {REPO_CONFIGS / group})")
 
 
+def read_yaml_mapping(path: str | Path) -> DictConfig:
+    """The YAML file at ``path`` as a mapping; a syntax error, an empty file or a YAML that is not a
+    mapping (a list, a number) is a ConfigError naming the file (and the line)."""
+    try:
+        loaded = OmegaConf.load(path)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"config {path}{where}: not valid YAML ({problem})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config {path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    if not isinstance(loaded, DictConfig):
+        raise ConfigError(f"config {path}: expected a mapping of keys to values, found a list")
+    if not loaded:
+        raise ConfigError(f"config {path}: holds no settings (an empty file?)")
+    return loaded
+
+
 def load_config(schema: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
     """Merge ``schema``'s defaults, the YAML at ``path`` and ``overrides`` into a ``schema`` instance."""
     try:
         merged = OmegaConf.structured(schema)
         if path is not None:
-            merged = OmegaConf.merge(merged, OmegaConf.load(path))
+            merged = OmegaConf.merge(merged, read_yaml_mapping(path))
         if overrides:
             merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
         return OmegaConf.to_object(merged)  # type: ignore[return-value]

@@ -28,7 +28,10 @@ def dataset_options_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_make_fixture(args: argparse.Namespace) -> int:
     from sslbench.data.fixtures import DATASET_OF_WRITER, WRITERS
+    from sslbench.run_folder import refuse_non_empty
 
+    if not args.overwrite:
+        refuse_non_empty(args.out, f"a {args.kind} fixture")
     fixture = WRITERS[args.kind](
         args.out, num_classes=args.classes, per_class=args.per_class, size=args.image_size, seed=args.seed
     )
@@ -40,14 +43,20 @@ def run_make_fixture(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from sslbench.data.fixtures import DEFAULT_CLASSES, DEFAULT_PER_CLASS, DEFAULT_SIZE, WRITERS
+    from sslbench.options import image_size, positive_int
 
     p = subparsers.add_parser(
         "make-fixture", help="write a tiny dataset in a real on-disk layout (to check a set-up)"
     )
     p.add_argument("kind", choices=list(WRITERS), help="which layout to write")
     p.add_argument("out", type=Path, help="folder to write into")
-    p.add_argument("--classes", type=int, default=DEFAULT_CLASSES, help="number of classes")
-    p.add_argument("--per-class", type=int, default=DEFAULT_PER_CLASS, help="images per class")
-    p.add_argument("--image-size", type=int, default=DEFAULT_SIZE, help="image side in pixels")
+    p.add_argument("--classes", type=positive_int, default=DEFAULT_CLASSES, help="number of classes")
+    p.add_argument("--per-class", type=positive_int, default=DEFAULT_PER_CLASS, help="images per class")
+    p.add_argument("--image-size", type=image_size, default=DEFAULT_SIZE, help="image side in pixels")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write into a folder that is not empty, replacing files of the same name (default: refuse)",
+    )
     p.set_defaults(run=run_make_fixture)

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from sslbench.atomic import write_json
+from sslbench.atomic import finite_or_null, write_json
 from sslbench.checkpoints.canonical import CanonicalCheckpoint
 from sslbench.errors import ConfigError
 from sslbench.evaluate.finetune import (
@@ -257,7 +257,7 @@ def _run_point(
                     "source_checkpoint_sha256": protocol.ckpt.sha256,
                 },
             )
-        write_json(result_path, result)
+        write_json(result_path, finite_or_null(result))  # a diverged run's NaN loss: null
         (folder / "state.pth").unlink(missing_ok=True)
     protocol.dist.barrier()
     return {**result, "skipped": False}
