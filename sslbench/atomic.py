@@ -9,6 +9,7 @@ results written into a shared folder stay readable by others.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
@@ -87,4 +88,9 @@ def torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
     import torch
 
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as exc:  # torch reports a failed write (disk full, file too large) this way
+            if not any(sign in str(exc) for sign in ("PytorchStreamWriter", "inline_container")):
+                raise
+            raise OSError(errno.EIO, f"writing failed ({str(exc).splitlines()[0]})", str(path)) from None

@@ -40,6 +40,14 @@ def refuse_existing_record(out: Path, record_name: str, option: str = "--out") -
     )
 
 
+def refuse_existing_file(path: Path, option: str) -> None:
+    """Refuse to replace the file ``path`` (given as ``option``)."""
+    if Path(path).exists():
+        raise ConfigError(
+            f"{option} {path}: already exists; pass --overwrite to replace it, or choose another {option}"
+        )
+
+
 def refuse_non_empty(folder: Path, what: str) -> None:
     """Refuse to write ``what`` into ``folder`` when it already holds anything."""
     folder = Path(folder)

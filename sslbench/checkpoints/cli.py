@@ -81,6 +81,10 @@ def run_inspect(args: argparse.Namespace) -> int:
 
 
 def run_convert(args: argparse.Namespace) -> int:
+    from sslbench.run_folder import refuse_existing_file
+
+    if not args.overwrite:
+        refuse_existing_file(args.output, "--output")
     ckpt = checkpoint_from_args(args)
     WRITERS[args.to](ckpt, args.output)
     print(f"wrote {args.output} ({args.to}, {ckpt.arch}, from {ckpt.source_format})")
@@ -99,4 +103,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_checkpoint_arguments(p)
     p.add_argument("--to", required=True, choices=list(WRITERS))
     p.add_argument("-o", "--output", type=Path, required=True, help="output file")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an existing output file (default: refuse)"
+    )
     p.set_defaults(run=run_convert)

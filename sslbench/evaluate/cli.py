@@ -80,6 +80,7 @@ def _open_run(args: argparse.Namespace) -> _Run:
         raise ConfigError("--device cuda: no CUDA device is visible")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     ckpt = checkpoint_from_args(args)
+    Path(args.out).mkdir(parents=True, exist_ok=True)  # a folder that cannot be written fails now
 
     def backbone() -> torch.nn.Module:
         model = build_backbone(ckpt.arch)

@@ -15,6 +15,7 @@ from typing import Any
 from sslbench.checkpoints.cli import add_checkpoint_arguments
 from sslbench.data.cli import add_dataset_arguments
 from sslbench.errors import ConfigError
+from sslbench.options import image_size
 
 DEFAULT_CONFIG = "ssl_transfer"
 
@@ -209,7 +210,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--steps", type=int, help="optimizer steps per run (ssl-transfer: 5000)")
     g.add_argument("--epochs", type=int, help="epochs per run instead of steps (VISSL schedules)")
     g.add_argument("--batch-size", type=int, help="total batch (ssl-transfer: 64)")
-    g.add_argument("--image-size", type=int, help="crop size (224)")
+    g.add_argument("--image-size", type=image_size, help="crop size (224)")
     g.add_argument("--grid-size", type=int, help="ssl-transfer grid: N lrs x (N + 1) wds (4)")
     g.add_argument("--grid-lr", type=float, nargs="+", help="explicit grid: these lrs ...")
     g.add_argument("--grid-wd", type=float, nargs="+", help="... times these (absolute) weight decays")

@@ -16,6 +16,7 @@ ever chosen on the test split.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ from sslbench.evaluate.finetune import (
     finetune,
     save_finetuned,
 )
+from sslbench.options import MAX_IMAGE_SIZE
 
 SSL_TRANSFER_SOURCE = "ssl-transfer finetune.py (Ericsson et al. CVPR 2021)"
 CORETUNING_SOURCE = "Core-tuning (Zhang et al. NeurIPS 2021), Vanint/Core-tuning Core-tuning.py"
@@ -95,6 +97,18 @@ class FinetuneConfig:
             problems.append("grid_size, batch_size, save_every must be >= 1 and image_size >= 8")
         if (self.steps < 1 and self.epochs < 1) or len(self.crop_scale) != 2:
             problems.append("need steps >= 1 (or epochs >= 1) and crop_scale = [min, max]")
+        elif not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
+            problems.append(f"crop_scale {list(self.crop_scale)} must satisfy 0 < min <= max <= 1")
+        if self.image_size > MAX_IMAGE_SIZE:
+            problems.append(f"image_size {self.image_size} is above {MAX_IMAGE_SIZE} pixels")
+        for name, values, low in (
+            ("lr", [self.lr] if self.lr is not None else [], 0.0),
+            ("weight_decay", [self.weight_decay] if self.weight_decay is not None else [], None),
+            ("grid_lr", list(self.grid_lr or []), 0.0),
+            ("grid_wd", list(self.grid_wd or []), None),
+        ):
+            if not all(math.isfinite(v) and (v > low if low is not None else v >= 0) for v in values):
+                problems.append(f"{name} {values} must be finite and {'> 0' if low is not None else '>= 0'}")
         length, unit = (self.epochs, "epochs") if self.epochs > 0 else (self.steps, "steps")
         if self.schedule == "multistep" and not all(0 < m < length for m in self.milestones):
             problems.append(f"milestones {self.milestones} must lie inside the run (0, {length}) {unit}")
