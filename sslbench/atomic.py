@@ -93,4 +93,6 @@ def torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
         except RuntimeError as exc:  # torch reports a failed write (disk full, file too large) this way
             if not any(sign in str(exc) for sign in ("PytorchStreamWriter", "inline_container")):
                 raise
-            raise OSError(errno.EIO, f"writing failed ({str(exc).splitlines()[0]})", str(path)) from None
+            raise OSError(
+                errno.EIO, f"writing failed, is the disk full? (torch: {str(exc).splitlines()[0]})", str(path)
+            ) from None
