@@ -152,7 +152,7 @@ def _check_zip_crcs(path: Path) -> None:
             bad = archive.testzip()
     except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as exc:
         raise CheckpointError(
-            f"{path}: not a readable PyTorch checkpoint (damaged zip archive: {exc})"
+            f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): damaged zip archive, {exc}"
         ) from None
     if bad is not None:
         raise CheckpointError(
