@@ -181,7 +181,7 @@ def _linear_lbfgs(args: argparse.Namespace, run: _Run) -> Any:
     from sslbench.data.registry import DATASETS
     from sslbench.data.transforms import lbfgs_transform
     from sslbench.evaluate.features import describe_splits
-    from sslbench.evaluate.linear import c_grid, lbfgs_probe
+    from sslbench.evaluate.linear import C_GRID_ARITHMETIC, c_grid, lbfgs_probe
 
     transform = lbfgs_transform(args.image_size)
     parts = {split: run.split(split, transform) for split in ("train", "val", "trainval", "test")}
@@ -208,6 +208,7 @@ def _linear_lbfgs(args: argparse.Namespace, run: _Run) -> Any:
         "solver": "sklearn LogisticRegression(solver='lbfgs'), multinomial, warm_start",
         "wd_grid": f"logspace({WD_TEXT}, {args.c_grid_size})",
         "c_grid_size": args.c_grid_size,
+        "c_grid_arithmetic": C_GRID_ARITHMETIC,
         "max_iter": args.max_iter,
         "select_metric": select,
         "select_split": "val",
