@@ -4,9 +4,13 @@ Protocol (ssl-transfer ``finetune.py``, Ericsson et al. CVPR 2021): the pretrain
 new ``Linear(D, C)`` head, all in train mode, SGD with Nesterov momentum 0.9 and weight decay on every
 parameter, batch 64, a fixed number of steps (5000) with a cosine schedule stepped every step
 (``CosineAnnealingLR(T_max=steps)``), RandomResizedCrop (bicubic) + flip. The VISSL schedule
-(multistep over epochs, lr scaled by batch / 256) is the same loop with other settings. With
-``method="coretuning"`` the loss is Core-tuning's (:mod:`sslbench.evaluate.coretuning`) and the
-head a bias-free ``Linear(D, C)`` plus the contrastive head, as in Vanint/Core-tuning.
+(multistep over epochs, lr scaled by batch / 256) is the same loop with other settings. Every step
+takes a full batch: the last partial batch of an epoch is dropped (:data:`LAST_PARTIAL_BATCH`;
+ssl-transfer's DataLoader keeps it), so that a global batch splits evenly across ranks. With
+``method="coretuning"`` the loss is Core-tuning's (:mod:`sslbench.evaluate.coretuning`; by default
+the reference code's loss reduction and CE mean, under which its published eta was tuned, and the
+slides' own-anchor hard positives) and the head a bias-free ``Linear(D, C)`` plus the contrastive
+head, as in Vanint/Core-tuning.
 
 Guarantees:
 

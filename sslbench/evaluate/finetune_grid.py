@@ -3,7 +3,9 @@
 ssl-transfer ``finetune.py`` (Ericsson et al. CVPR 2021): lr over ``logspace(-4, -1, 4)`` (largest
 first) and wd over ``{0} U logspace(-6, -3, 4) / lr``; each point fine-tunes the checkpoint on
 ``train`` and scores ``val`` once, at the end; the first point with the best validation score (the
-dataset's headline metric) wins; it is retrained on ``trainval`` and scored on ``test`` once.
+dataset's headline metric) wins; it is retrained on ``trainval`` and scored on ``test`` once. An
+explicit grid (``grid_lr`` x ``grid_wd``) replaces it; the record says which grid ran
+(:meth:`FinetuneConfig.grid_record`).
 
 Resumable: every grid point is a folder ``OUT/grid/NN_lr.._wd..`` holding its training state
 (``state.pth``, while it runs) and its result (``point.json``, once done, when the state is
