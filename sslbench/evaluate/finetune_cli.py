@@ -177,7 +177,10 @@ def run_finetune(args: argparse.Namespace, on_step: Any = None) -> int:
     record = ResultRecord(
         task="finetune",
         protocol={"name": f"finetune-{config.name}-{config.method}", "source": source, "settings": settings},
-        dataset={**_dataset_record(args, splits.trainval, splits.test, options, True), "sizes": sizes},
+        dataset={
+            **_dataset_record(args, splits.trainval, splits.test, options, uses_val=True),
+            "sizes": sizes,
+        },
         metrics=outcome.metrics,
         checkpoint=ckpt.describe(),
         started_at=started_at,
