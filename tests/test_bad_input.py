@@ -344,3 +344,32 @@ def test_an_unexpected_exception_keeps_its_traceback(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr("sslbench.run_folder.refuse_non_empty", bug)
     with pytest.raises(ZeroDivisionError):
         main(["make-fixture", "cub", str(tmp_path / "f")])
+
+
+@pytest.mark.detectron2
+def test_detect_resume_with_another_checkpoint_is_refused_through_the_command(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from checkpoint_sources import SOURCES, resnet
+
+    from sslbench.checkpoints.readers import read_checkpoint
+    from sslbench.data.detection_fixtures import write_detection_fixtures
+
+    write_detection_fixtures(tmp_path / "datasets" / "sslbench_fixture", images=2)
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "datasets"))
+    model = resnet("resnet50", seed=1)
+    first, second = tmp_path / "first.pth", tmp_path / "second.pth"
+    torch.save(model.state_dict(), first)
+    torch.save(SOURCES["moco_v2"](model), second)  # the same weights in MoCo's file: another sha256
+    out = tmp_path / "voc"
+    # what the first run left before it was stopped: its converted backbone and where it came from
+    assert main(["convert", str(first), "--to", "detectron2", "-o", str(out / "backbone.pkl")]) == 0
+    check_backbone_source(out, read_checkpoint(first).describe(), resume=False)
+    before = snapshot(out)
+    datasets = [
+        *("DATASETS.TRAIN", "('sslbench_fixture_voc_2007_trainval',)"),
+        *("DATASETS.TEST", "('sslbench_fixture_voc_2007_test',)", "MODEL.ROI_HEADS.NUM_CLASSES", "4"),
+    ]
+    argv = ["detect", str(second), "--task", "voc", "--out", str(out), "--resume", *datasets]
+    refused(capsys, argv, "--resume", "started from checkpoint sha256", str(second))
+    assert snapshot(out) == before
