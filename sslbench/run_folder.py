@@ -8,6 +8,7 @@ there, instead of replacing an earlier run. ``--overwrite`` says the replacement
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,17 @@ def refuse_existing_record(out: Path, record_name: str, option: str = "--out") -
         f"{option} {out}: already holds {record_name}; pass --overwrite to replace it, or choose another "
         f"{option}"
     )
+
+
+def refuse_previous_run(out: Path, markers: Sequence[str], what: str) -> None:
+    """Refuse to start a new ``what`` in ``out`` when it holds any of ``markers`` (a previous run's
+    files); ``--resume`` continues that run instead."""
+    found = [name for name in markers if (Path(out) / name).exists()]
+    if found:
+        raise ConfigError(
+            f"--out {out}: holds a previous {what} ({', '.join(found)}); pass --resume to continue it, "
+            "or choose another --out"
+        )
 
 
 def refuse_existing_file(path: Path, option: str) -> None:

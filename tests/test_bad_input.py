@@ -85,6 +85,24 @@ def test_knn_and_linear_refuse_an_out_holding_a_record_and_keep_it(
     assert snapshot(finished) == before
 
 
+def test_finetune_and_pretrain_refuse_a_previous_run_without_resume(
+    tmp_path: Path, ckpt: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "ft" / "grid").mkdir(parents=True)
+    (tmp_path / "pt").mkdir()
+    (tmp_path / "pt" / "checkpoint_last.pth").write_bytes(b"a previous run")
+    before = snapshot(tmp_path)
+    finetune = ["finetune", str(ckpt), "--dataset", "digits", "--out", str(tmp_path / "ft")]
+    refused(capsys, finetune, str(tmp_path / "ft"), "grid", "--resume")
+    refused(
+        capsys,
+        ["pretrain", "--config", "mocov2_tiny", f"out={tmp_path / 'pt'}"],
+        "checkpoint_last.pth",
+        "--resume",
+    )
+    assert snapshot(tmp_path) == before
+
+
 def test_a_failed_runs_record_may_be_replaced_without_overwrite(
     tmp_path: Path, ckpt: Path, data: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -16,6 +16,7 @@ from sslbench.checkpoints.cli import add_checkpoint_arguments
 from sslbench.data.cli import add_dataset_arguments
 from sslbench.errors import ConfigError
 from sslbench.options import image_size
+from sslbench.run_folder import refuse_previous_run
 
 DEFAULT_CONFIG = "ssl_transfer"
 
@@ -48,8 +49,7 @@ def _overrides(args: argparse.Namespace) -> list[str]:
     return overrides + list(args.set or [])
 
 
-def _has_previous_run(out: Path) -> bool:
-    return any((out / name).exists() for name in ("grid", "final", "best.pth"))
+PREVIOUS_RUN_MARKERS = ("grid", "final", "best.pth")  # what a started fine-tune run leaves in --out
 
 
 def run_finetune(args: argparse.Namespace, on_step: Any = None) -> int:
@@ -81,10 +81,8 @@ def run_finetune(args: argparse.Namespace, on_step: Any = None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda: no CUDA device is visible")
     out = Path(args.out)
-    if _has_previous_run(out) and not args.resume:
-        raise ConfigError(
-            f"{out}: holds a previous fine-tune run; pass --resume to continue it, or use another --out"
-        )
+    if not args.resume:
+        refuse_previous_run(out, PREVIOUS_RUN_MARKERS, "fine-tune run")
     dist, device = init_distributed(torch.device(args.device) if args.device else None)
     if dist.enabled and config.batch_size % dist.world_size:
         raise ConfigError(f"batch size {config.batch_size} is not divisible by {dist.world_size} processes")
