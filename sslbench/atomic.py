@@ -20,6 +20,12 @@ from typing import Any
 
 
 def _umask() -> int:
+    """The process's umask: read from /proc on Linux (setting it to read it back, the portable way,
+    would briefly change it for every thread)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
