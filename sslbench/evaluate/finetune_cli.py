@@ -1,6 +1,6 @@
 """``sslbench finetune``: fine-tune the whole backbone (ssl-transfer protocol, optionally Core-tuning).
 
-The protocol comes from ``--config`` (a YAML file, or a name under ``configs/finetune/``:
+The protocol comes from ``--config`` (a YAML file, or a name under ``sslbench/configs/finetune/``:
 ``ssl_transfer`` by default, ``inat18_vissl``); flags override its keys. The run folder ``--out``
 holds the grid's sub-runs, the final run, the kept weights ``best.pth`` and ``result.json``.
 """

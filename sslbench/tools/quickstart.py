@@ -1,10 +1,10 @@
 """``sslbench quickstart``: the whole pipeline on built-in data, on a CPU, in minutes.
 
-1. Pretrain MoCo v2 (``configs/pretrain/mocov2_tiny``) and MoCo v2 + FT (``mocov2_ft_tiny`` with
+1. Pretrain MoCo v2 (``sslbench/configs/pretrain/mocov2_tiny``) and MoCo v2 + FT (``mocov2_ft_tiny`` with
    ``ft.target=neg``) on scikit-learn's digits (DESIGN.md 6.2), one epoch each.
 2. A random-init baseline: ``resnet18_small_stem`` initialised with seed 0, saved as a torchvision
    state dict.
-3. The quick suite (``configs/suites/quick.yaml``) on all three: kNN and the L-BFGS linear probe at 32 px.
+3. The quick suite (``sslbench/configs/suites/quick.yaml``) on all three: kNN and the L-BFGS linear probe at 32 px.
 4. The leaderboard (Markdown, CSV, HTML) and the FT paper's pos/neg score plot, all in ``--out``.
 
 Why FT on the negatives only: with the paper's full switches (``posneg``, positive extrapolation
@@ -95,7 +95,7 @@ def quickstart(
     arch = "resnet18" if quick else "resnet18_small_stem"
     baseline = _random_init(arch, out / "checkpoints" / f"random_init_{arch}.pth")
 
-    print("[3/4] kNN and linear probes (configs/suites/quick.yaml)")
+    print("[3/4] kNN and linear probes (shipped suite quick)")
     suite = load_suite("quick")
     for task in suite.tasks:
         task.name = task.name.replace("digits", dataset)
