@@ -4,7 +4,8 @@
    ``ft.target=neg``) on scikit-learn's digits (DESIGN.md 6.2), one epoch each.
 2. A random-init baseline: ``resnet18_small_stem`` initialised with seed 0, saved as a torchvision
    state dict.
-3. The quick suite (``sslbench/configs/suites/quick.yaml``) on all three: kNN and the L-BFGS linear probe at 32 px.
+3. The quick suite (``sslbench/configs/suites/quick.yaml``) on all three: kNN and the L-BFGS linear
+   probe at 32 px.
 4. The leaderboard (Markdown, CSV, HTML) and the FT paper's pos/neg score plot, all in ``--out``.
 
 Why FT on the negatives only: with the paper's full switches (``posneg``, positive extrapolation
