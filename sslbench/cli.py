@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from sslbench import __version__
 from sslbench.checkpoints import cli as checkpoints_cli
-from sslbench.commandline import HelpFormatter, configure, take_overrides
+from sslbench.commandline import CommandParser, HelpFormatter, configure, take_overrides
 from sslbench.data import cli as data_cli
 from sslbench.errors import SslbenchError
 from sslbench.evaluate import cli as evaluate_cli
@@ -36,7 +36,7 @@ REGISTRARS = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="sslbench",
         description="Evaluate self-supervised ResNet checkpoints the way papers do.",
         allow_abbrev=False,

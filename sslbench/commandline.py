@@ -16,7 +16,7 @@ import argparse
 import re
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 # KEY=VALUE: a config key (letters, digits, '_', '-', dotted), then '='. A path with a '/' before its
 # first '=' is not an override; a checkpoint named like one is passed as ./NAME.
@@ -31,6 +31,13 @@ def is_override(token: str) -> bool:
 def deprecated(command: str, old: str, new: str) -> None:
     """The one line an old spelling prints (to stderr, so that stdout stays parseable)."""
     print(f"sslbench {command}: {old} is deprecated; use {new}", file=sys.stderr)
+
+
+class CommandParser(argparse.ArgumentParser):
+    """An argparse parser whose errors are one line (exit 2), naming the option and where help is."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -136,12 +143,11 @@ def take_overrides(
         return args
     positional = getattr(args, _ACCEPTS) or None
     delattr(args, _ACCEPTS)
-    tokens: list[str] = list(extras)
     current = getattr(args, positional) if positional else None
     single = positional is not None and not isinstance(current, list)
-    if positional is not None and current is not None:
-        tokens = [*(current if isinstance(current, list) else [current]), *tokens]
-    overrides = [*args.overrides, *(t for t in map(str, tokens) if is_override(t))]
+    given = [] if current is None else current if isinstance(current, list) else [current]
+    tokens = [*given, *args.overrides, *extras]
+    overrides = [str(t) for t in tokens if is_override(str(t))]
     rest = [t for t in tokens if not is_override(str(t))]
     if positional is None:
         if rest:

@@ -36,7 +36,14 @@ def resolve_config_path(path: str | Path, group: str) -> Path:
             # A regular install unpacks package data, so the resource is a file on disk.
             return Path(str(shipped))
     names = ", ".join(shipped_configs(group))
-    raise ConfigError(f"config {path}: no such file, nor a shipped {group} config ({names})")
+    raise ConfigError(f"config {path}: no such file, nor a shipped config in {group}/ ({names})")
+
+
+def _apply_override(config: Any, override: str) -> None:
+    """``key=value`` into ``config``; keys may index lists (``tasks.0.seeds=3``), values parse as YAML."""
+    key, _, text = override.partition("=")
+    value = OmegaConf.from_dotlist([f"value={text}"]).value  # OmegaConf's own value parsing
+    OmegaConf.update(config, key, value, merge=True)
 
 
 def load_config(schema: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
@@ -45,8 +52,8 @@ def load_config(schema: type[T], path: str | Path | None = None, overrides: Sequ
         merged = OmegaConf.structured(schema)
         if path is not None:
             merged = OmegaConf.merge(merged, OmegaConf.load(path))
-        if overrides:
-            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
+        for override in overrides:
+            _apply_override(merged, override)
         return OmegaConf.to_object(merged)  # type: ignore[return-value]
     except OmegaConfBaseException as exc:
         source = f"config {path}" if path is not None else "config"

@@ -303,7 +303,7 @@ def test_bad_settings_exit_2_with_one_line_naming_the_problem(
     assert "give both lr and weight decay" in capsys.readouterr().err
     assert main(_args(checkpoint, cub_root, tmp_path / "b", "--config", "nope")) == 2
     assert "config nope: no such file" in capsys.readouterr().err
-    assert main(_args(checkpoint, cub_root, tmp_path / "c", "--set", "coretuning.eta=high")) == 2
+    assert main(_args(checkpoint, cub_root, tmp_path / "c", "coretuning.eta=high")) == 2
     assert "could not be converted to Float (key coretuning.eta)" in capsys.readouterr().err
     assert not any((tmp_path / name).exists() for name in "abc")
 

@@ -69,7 +69,7 @@ def test_cells_are_the_mean_std_and_seed_count_of_the_records(tmp_path: Path) ->
     assert f"**{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f} (n=3)**" in markdown
     assert "| b.pth | 60.00 |" in markdown
 
-    assert main(["leaderboard", str(tmp_path), "-o", str(tmp_path / "board")]) == 0
+    assert main(["leaderboard", str(tmp_path), "--out", str(tmp_path / "board")]) == 0
     rows = list(csv.DictReader((tmp_path / "board" / "leaderboard.csv").open()))
     assert [r["checkpoint"] for r in rows] == ["a.pth", "b.pth"]
     assert float(rows[0]["digits linear-lbfgs top1 mean"]) == pytest.approx(73.0)
@@ -115,7 +115,7 @@ def test_corrupt_and_half_written_records_are_reported_by_path_and_skipped(tmp_p
     board = build_leaderboard(tmp_path)
     assert sorted(p.path for p in board.skipped) == sorted([half, invalid])
     assert board.cell("a.pth", LINEAR)["mean"] == 70.0 and board.cell("a.pth", LINEAR)["n"] == 1
-    assert main(["leaderboard", str(tmp_path), "-o", str(tmp_path / "out")]) == 0
+    assert main(["leaderboard", str(tmp_path), "--out", str(tmp_path / "out")]) == 0
     err = capsys.readouterr().err
     assert f"skipped {half}" in err and f"skipped {invalid}" in err
     assert str(good) not in err
@@ -151,7 +151,7 @@ def test_rows_are_named_by_labels_then_labels_json_then_file_name(tmp_path: Path
     board = build_leaderboard(tmp_path, labels={"aaaaaaaa": "mine", "other.pth": "theirs"})
     assert board.rows == ["MoCo v2", "mine", "theirs"]  # labels.json's order first
     assert board.cell("MoCo v2", LINEAR)["mean"] == 60.0
-    assert main(["leaderboard", str(tmp_path), "-o", str(tmp_path / "o"), "--label", "abc=x"]) == 2
+    assert main(["leaderboard", str(tmp_path), "--out", str(tmp_path / "o"), "--label", "abc=x"]) == 2
 
 
 def test_published_rows_fill_matching_columns_and_are_marked(tmp_path: Path) -> None:
