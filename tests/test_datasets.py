@@ -138,8 +138,20 @@ def test_build_dataset_rejects_options_a_dataset_does_not_take(tmp_path: Path) -
         build_dataset("cub200", tmp_path, "test", class_list="x.txt")
 
 
+def test_imagefolder_root_may_be_given_as_its_train_folder(tmp_path: Path) -> None:
+    fixture = fixtures.write_imagefolder(tmp_path, num_classes=3, per_class=5, size=16)
+    for split in ("trainval", "train", "val", "test"):
+        from_root = build_dataset("imagefolder", fixture.root, split)
+        from_train = build_dataset("imagefolder", fixture.root / "train", split)
+        assert _entries(from_train) == _entries(from_root) and from_train.classes == from_root.classes
+    (tmp_path / "elsewhere" / "train").mkdir(parents=True)  # a train/ folder with no classes: still an error
+    with pytest.raises(DatasetError, match="no class folders"):
+        build_dataset("imagefolder", tmp_path / "elsewhere" / "train", "trainval")
+
+
 def test_make_fixture_command_writes_a_layout_the_reader_accepts(tmp_path: Path, capsys) -> None:
-    assert main(["make-fixture", "aircraft", str(tmp_path), "--classes", "3", "--per-class", "3"]) == 0
+    args = ["make-fixture", "aircraft", "--out", str(tmp_path), "--classes", "3", "--per-class", "3"]
+    assert main(args) == 0
     assert "--dataset aircraft --root" in capsys.readouterr().out
     assert build_dataset("aircraft", tmp_path, "trainval").num_classes == 3
 
