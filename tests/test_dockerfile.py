@@ -84,7 +84,8 @@ def test_configs_ship_inside_the_package_not_beside_it(dockerfile: DockerfilePar
     copied = [value.split()[0] for value in _instructions(dockerfile, "COPY") if "--from" not in value]
     assert "configs" not in copied  # a top-level configs/ would only work for an editable install
     package_data = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
-    shipped = sorted(p.relative_to(REPO / "sslbench" / "configs") for p in (REPO / "sslbench/configs").rglob("*.yaml"))
+    configs = REPO / "sslbench" / "configs"
+    shipped = sorted(path.relative_to(configs) for path in configs.rglob("*.yaml"))
     assert shipped, "no shipped configs"
     assert all(
         any(path.match(pattern) for pattern in package_data["sslbench.configs"]) for path in shipped

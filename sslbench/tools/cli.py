@@ -22,6 +22,7 @@ def run_leaderboard(args: argparse.Namespace) -> int:
         labels=parse_label_options(args.label),
         with_published=args.with_published,
         all_metrics=args.all_metrics,
+        baselines=args.baseline,
     )
     for problem in board.skipped:
         print(f"sslbench leaderboard: skipped {problem.path}: {problem.message}", file=sys.stderr)
@@ -89,6 +90,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=[],
         metavar="KEY=NAME",
         help="name a checkpoint's row; KEY: a sha256 prefix (8+ hex digits) or the checkpoint's file name",
+    )
+    p.add_argument(
+        "--baseline",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="mark a checkpoint's row as a baseline (e.g. a random init), never a column's best; KEY as "
+        "for --label; also read from baselines.json files below RESULTS_DIR",
     )
     p.add_argument(
         "--with-published",
