@@ -207,3 +207,25 @@ def test_html_page_is_self_contained_marks_best_and_published(tmp_path: Path) ->
     assert body["b.pth"][1][1] == ("best", "80.00")
     assert body["a.pth"][1][1] == ("", "70.00")
     assert body["MoCo v2 (published) †"][0] == "published"
+
+
+def test_a_baseline_row_is_marked_in_every_format_and_never_the_best(tmp_path: Path, capsys) -> None:
+    write(tmp_path / "a0", SHA_A, 0, {"top1": 90.0}, name="random.pth")  # the baseline scores highest
+    write(tmp_path / "b0", SHA_B, 0, {"top1": 80.0}, name="moco.pth")
+    board_dir = tmp_path / "board"
+    assert main(["leaderboard", str(tmp_path), "--out", str(board_dir), "--baseline", "random.pth"]) == 0
+    markdown = (board_dir / "leaderboard.md").read_text()
+    assert "| random.pth (baseline) | 90.00 |" in markdown and "| moco.pth | **80.00** |" in markdown
+    rows = {r["checkpoint"]: r for r in csv.DictReader((board_dir / "leaderboard.csv").open())}
+    assert (rows["random.pth"]["baseline"], rows["moco.pth"]["baseline"]) == ("True", "False")
+    html = (board_dir / "leaderboard.html").read_text()
+    assert '<tr class="baseline"><td>random.pth (baseline)</td>' in html
+
+    # the same from a baselines.json beside the records (what the quickstart writes), by sha256
+    (tmp_path / "baselines.json").write_text(json.dumps([SHA_A]))
+    assert build_leaderboard(tmp_path).baseline_rows == {"random.pth"}
+    assert main(["leaderboard", str(tmp_path), "--out", str(board_dir), "--baseline", "nope.pth"]) == 2
+    assert "--baseline nope.pth" in capsys.readouterr().err
+    (tmp_path / "baselines.json").write_text('{"not": "a list"}')
+    assert main(["leaderboard", str(tmp_path), "--out", str(board_dir)]) == 2
+    assert "expected a JSON list" in capsys.readouterr().err
