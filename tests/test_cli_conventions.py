@@ -219,3 +219,17 @@ def test_finetune_set_is_a_deprecated_spelling_of_trailing_overrides(capsys) -> 
     assert _overrides(args) == ["coretuning.eta=1", "steps=3"]
     assert "--set KEY=VALUE is deprecated" in capsys.readouterr().err
 
+
+
+def test_pretrain_out_override_is_a_deprecated_spelling_of_out(tmp_path: Path, capsys) -> None:
+    # a bad queue size stops the run before anything is written: only the parsing is exercised
+    argv = ["pretrain", "--config", "mocov2_tiny", f"out={tmp_path / 'old'}", "moco.queue_size=100"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "sslbench pretrain: the override out=DIR is deprecated; use --out DIR"
+    assert "moco.queue_size=100 must be a multiple" in err[1] and len(err) == 2
+    assert main(["pretrain", "--config", "nope", "--out", str(tmp_path / "new")]) == 2
+    assert "config nope: no such file, nor a shipped config in pretrain/ (mocov1, mocov1_ft" in (
+        capsys.readouterr().err
+    )
+    assert not (tmp_path / "old").exists() and not (tmp_path / "new").exists()
