@@ -118,12 +118,16 @@ def add_out_argument(
 
 
 _ACCEPTS = "_overrides_beside"  # set on commands that take overrides: the positional they sit beside
+_SWALLOWED_BY = "_overrides_swallowed_by"  # options of several values that may swallow an override
 
 
-def add_overrides_argument(parser: argparse.ArgumentParser, help: str, beside: str | None = None) -> None:
-    """Trailing ``KEY=VALUE`` overrides, written anywhere; ``beside``: the command's positional."""
+def add_overrides_argument(
+    parser: argparse.ArgumentParser, help: str, beside: str | None = None, lists: Sequence[str] = ()
+) -> None:
+    """Trailing ``KEY=VALUE`` overrides, written anywhere; ``beside``: the command's positional;
+    ``lists``: options taking several names (``--labels A B``) whose values are never overrides."""
     parser.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE", help=help)
-    parser.set_defaults(**{_ACCEPTS: beside or ""})
+    parser.set_defaults(**{_ACCEPTS: beside or "", _SWALLOWED_BY: tuple(lists)})
 
 
 def take_overrides(
@@ -142,11 +146,18 @@ def take_overrides(
     if not accepts:
         return args
     positional = getattr(args, _ACCEPTS) or None
+    swallowed = []
+    for dest in getattr(args, _SWALLOWED_BY):
+        values = getattr(args, dest)
+        if values:
+            swallowed += [v for v in values if is_override(v)]
+            setattr(args, dest, [v for v in values if not is_override(v)] or None)
     delattr(args, _ACCEPTS)
+    delattr(args, _SWALLOWED_BY)
     current = getattr(args, positional) if positional else None
     single = positional is not None and not isinstance(current, list)
     given = [] if current is None else current if isinstance(current, list) else [current]
-    tokens = [*given, *args.overrides, *extras]
+    tokens = [*given, *args.overrides, *swallowed, *extras]
     overrides = [str(t) for t in tokens if is_override(str(t))]
     rest = [t for t in tokens if not is_override(str(t))]
     if positional is None:

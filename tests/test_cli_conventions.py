@@ -89,10 +89,13 @@ def test_paths_and_options_are_not_overrides(token: str) -> None:
         ["suite", "A.pth", "B.pth", "data_root=/data", "name=x", "--suite", "paper", "--out", "runs/p"],
         ["suite", "data_root=/data", "A.pth", "--suite", "paper", "B.pth", "name=x", "--out", "runs/p"],
         ["suite", "--suite", "paper", "--out", "runs/p", "A.pth", "data_root=/data", "B.pth", "name=x"],
+        ["suite", "A.pth", "B.pth", "--suite", "paper", "--labels", "a", "b", "data_root=/data", "name=x",
+         "--out", "runs/p"],
     ],
 )
 def test_suite_overrides_are_read_wherever_they_are_written(argv: list[str]) -> None:
     args = parse_command_line(argv)
+    assert args.labels in (None, ["a", "b"])
     assert args.checkpoints == [Path("A.pth"), Path("B.pth")]
     assert args.overrides == ["data_root=/data", "name=x"]
     assert (args.suite, args.out) == ("paper", Path("runs/p"))

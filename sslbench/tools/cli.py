@@ -136,7 +136,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="submitit only: its executor (default: Slurm where sbatch exists, else local processes)",
     )
     add_overrides_argument(
-        p, "suite overrides, anywhere after the subcommand, e.g. data_root=/data", beside="checkpoints"
+        p,
+        "suite overrides, anywhere after the subcommand, e.g. data_root=/data",
+        beside="checkpoints",
+        lists=("labels",),
     )
     p.set_defaults(run=run_suite_command)
 
