@@ -62,11 +62,22 @@ def test_make_fixture_refuses_a_folder_holding_a_dataset_unless_overwrite(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     target = tmp_path / "cub"
-    argv = ["make-fixture", "cub", str(target), "--classes", "2", "--per-class", "3", "--image-size", "16"]
+    argv = [
+        "make-fixture",
+        "cub200",
+        "--out",
+        str(target),
+        "--classes",
+        "2",
+        "--per-class",
+        "3",
+        "--image-size",
+        "16",
+    ]
     assert run(capsys, argv)[0] == 0
     before = snapshot(target)
     refused(capsys, argv, str(target), "CUB_200_2011", "--overwrite")
-    refused(capsys, ["make-fixture", "imagefolder", str(target)], "not empty")
+    refused(capsys, ["make-fixture", "imagefolder", "--out", str(target)], "not empty")
     assert snapshot(target) == before
     assert run(capsys, [*argv, "--overwrite"])[0] == 0
 
@@ -81,7 +92,7 @@ def test_knn_and_linear_refuse_an_out_holding_a_record_and_keep_it(
     linear = ["linear", str(ckpt), "--dataset", "imagefolder", "--root", str(data), "--out",
               str(finished / "knn"), "--protocol", "lbfgs", *TINY]  # fmt: skip
     refused(capsys, linear, "result.json", "--overwrite")
-    refused(capsys, ["convert", str(ckpt), "--to", "torchvision", "-o", str(ckpt)], "--output", str(ckpt))
+    refused(capsys, ["convert", str(ckpt), "--to", "torchvision", "--out", str(ckpt)], "--out", str(ckpt))
     assert snapshot(finished) == before
 
 
@@ -146,8 +157,12 @@ def test_bad_option_values_are_refused_naming_the_option(
 def test_fixture_and_finetune_sizes_are_refused_before_allocating(
     tmp_path: Path, ckpt: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    refused(capsys, ["make-fixture", "cub", str(tmp_path / "f"), "--image-size", "100000"], "--image-size")
-    refused(capsys, ["make-fixture", "cub", str(tmp_path / "f"), "--classes", "0"], "--classes")
+    refused(
+        capsys,
+        ["make-fixture", "cub200", "--out", str(tmp_path / "f"), "--image-size", "100000"],
+        "--image-size",
+    )
+    refused(capsys, ["make-fixture", "cub200", "--out", str(tmp_path / "f"), "--classes", "0"], "--classes")
     finetune = ["finetune", str(ckpt), "--dataset", "digits", "--out", str(tmp_path / "ft")]
     refused(capsys, [*finetune, "--image-size", "100000"], "--image-size")
     refused(capsys, [*finetune, "--lr", "nan", "--wd", "0"], "lr [nan]")
@@ -361,7 +376,7 @@ def test_an_unexpected_exception_keeps_its_traceback(monkeypatch: pytest.MonkeyP
 
     monkeypatch.setattr("sslbench.run_folder.refuse_non_empty", bug)
     with pytest.raises(ZeroDivisionError):
-        main(["make-fixture", "cub", str(tmp_path / "f")])
+        main(["make-fixture", "cub200", "--out", str(tmp_path / "f")])
 
 
 @pytest.mark.detectron2
@@ -381,7 +396,7 @@ def test_detect_resume_with_another_checkpoint_is_refused_through_the_command(
     torch.save(SOURCES["moco_v2"](model), second)  # the same weights in MoCo's file: another sha256
     out = tmp_path / "voc"
     # what the first run left before it was stopped: its converted backbone and where it came from
-    assert main(["convert", str(first), "--to", "detectron2", "-o", str(out / "backbone.pkl")]) == 0
+    assert main(["convert", str(first), "--to", "detectron2", "--out", str(out / "backbone.pkl")]) == 0
     check_backbone_source(out, read_checkpoint(first).describe(), resume=False)
     before = snapshot(out)
     datasets = [

@@ -65,7 +65,7 @@ def test_bad_records_are_listed_and_skipped_never_averaged(tmp_path: Path, capsy
     (results / "labels.json").write_text("{broken")
     before = snapshot(results)
 
-    code, out, err = run(capsys, ["leaderboard", str(results), "-o", str(tmp_path / "board")])
+    code, out, err = run(capsys, ["leaderboard", str(results), "--out", str(tmp_path / "board")])
     assert code == 0, err
     skipped = [line for line in err.splitlines() if line.startswith("sslbench leaderboard: skipped ")]
     for path in [*paths.values(), fifo, results / "labels.json"]:
@@ -81,7 +81,7 @@ def test_newest_record_is_chosen_by_time_not_by_string(tmp_path: Path, capsys) -
     results = tmp_path / "results"
     put(results / "old", record(top1=10.0, finished_at="2024-01-01T23:00:00-05:00"))  # 04:00 UTC next day
     put(results / "new", record(top1=20.0, finished_at="2024-01-02T03:00:00+00:00"))
-    code, out, _ = run(capsys, ["leaderboard", str(results), "-o", str(tmp_path / "board")])
+    code, out, _ = run(capsys, ["leaderboard", str(results), "--out", str(tmp_path / "board")])
     assert code == 0 and "| a.pth | **10.00** |" in out
 
 
@@ -93,7 +93,7 @@ def test_text_from_records_cannot_inject_into_terminal_spreadsheet_or_markdown(
     put(results / "b", record(SHA_B, top1=60.0, checkpoint={"path": "/c/b.pth", "sha256": SHA_B}))
     labels = {SHA_A: '=HYPERLINK("http://x")', SHA_B: "red\x1b[31m\x1b]0;title\x07\nsecond line"}
     (results / "labels.json").write_text(json.dumps(labels))
-    code, out, err = run(capsys, ["leaderboard", str(results), "-o", str(tmp_path / "board")])
+    code, out, err = run(capsys, ["leaderboard", str(results), "--out", str(tmp_path / "board")])
     assert code == 0, err
     assert "\x1b" not in out + err and "\x07" not in out + err
     table = [line for line in out.splitlines() if line.startswith("| ")]

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from sslbench.checkpoints.formats import FORMATS
 from sslbench.checkpoints.writers import WRITERS
+from sslbench.commandline import add_out_argument
 from sslbench.models.archs import ARCHS
 
 if TYPE_CHECKING:
@@ -84,10 +85,10 @@ def run_convert(args: argparse.Namespace) -> int:
     from sslbench.run_folder import refuse_existing_file
 
     if not args.overwrite:
-        refuse_existing_file(args.output, "--output")
+        refuse_existing_file(args.out, "--out")
     ckpt = checkpoint_from_args(args)
-    WRITERS[args.to](ckpt, args.output)
-    print(f"wrote {args.output} ({args.to}, {ckpt.arch}, from {ckpt.source_format})")
+    WRITERS[args.to](ckpt, args.out)
+    print(f"wrote {args.out} ({args.to}, {ckpt.arch}, from {ckpt.source_format})")
     return 0
 
 
@@ -101,8 +102,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "convert", help="convert a checkpoint to torchvision, safetensors or detectron2"
     )
     add_checkpoint_arguments(p)
-    p.add_argument("--to", required=True, choices=list(WRITERS))
-    p.add_argument("-o", "--output", type=Path, required=True, help="output file")
+    p.add_argument("--to", required=True, choices=list(WRITERS), help="format to write")
+    add_out_argument(p, "convert", "output file", required=True, old=("-o", "--output"))
     p.add_argument(
         "--overwrite", action="store_true", help="replace an existing output file (default: refuse)"
     )
