@@ -1,0 +1,59 @@
+"""Gathering tensors across ranks: rows in rank order, and a gather for a loss over the global batch."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from sslbench.runtime.process import Runtime
+
+
+def gather_rows(tensor: torch.Tensor, runtime: Runtime) -> torch.Tensor:
+    """Every rank's ``(n_r, ...)`` rows concatenated in rank order (``n_r`` may differ), on every rank.
+    Gloo and NCCL gather equal shapes only, so the rows are padded to the largest ``n_r`` and cut."""
+    if not runtime.distributed:
+        return tensor
+    local = tensor.to(runtime.device).contiguous()
+    sizes = torch.zeros(runtime.world, dtype=torch.long, device=runtime.device)
+    sizes[runtime.rank] = len(local)
+    runtime.sum(sizes)
+    largest = int(sizes.max())
+    padded = torch.zeros((largest, *local.shape[1:]), dtype=local.dtype, device=runtime.device)
+    padded[: len(local)] = local
+    parts = [torch.empty_like(padded) for _ in range(runtime.world)]
+    dist.all_gather(parts, padded)
+    return torch.cat([part[: int(n)] for part, n in zip(parts, sizes.tolist(), strict=True)]).to(
+        tensor.device
+    )
+
+
+class _GatherForGlobalLoss(torch.autograd.Function):
+    """Forward: the equal-sized ``(n, ...)`` parts of all ranks in rank order. Backward: the gradient
+    of the local rows only, times the world size (see :func:`gather_for_global_loss`)."""
+
+    @staticmethod
+    def forward(ctx: Any, local: torch.Tensor, rank: int, world: int) -> torch.Tensor:
+        ctx.rank, ctx.world, ctx.rows = rank, world, len(local)
+        parts = [torch.empty_like(local) for _ in range(world)]
+        dist.all_gather(parts, local.contiguous())
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        start = ctx.rank * ctx.rows
+        return grad[start : start + ctx.rows] * ctx.world, None, None
+
+
+def gather_for_global_loss(local: torch.Tensor, runtime: Runtime) -> torch.Tensor:
+    """The global batch ``(world * n, ...)`` from each rank's ``(n, ...)``, for a loss that every rank
+    computes over the whole global batch (Core-tuning's hard pairs and contrastive term).
+
+    The other ranks' rows carry no gradient here; the local rows keep theirs, scaled by the world
+    size, because DDP averages gradients over the ranks: the average of ``world * dL/dz_r dz_r/dw``
+    over ranks is the one-process ``dL/dw``, while parameters applied after the gather (the heads)
+    already get the whole ``dL/dw`` on every rank and are averaged to it unchanged."""
+    if not runtime.distributed:
+        return local
+    return _GatherForGlobalLoss.apply(local, runtime.rank, runtime.world)
