@@ -51,7 +51,7 @@ from sslbench.runtime.process import Runtime
 from sslbench.runtime.progress import MetricsLog, Progress
 from sslbench.runtime.resume import change_entry, check_fingerprint, read_state
 from sslbench.runtime.sampling import SeededBatches, SeededSamples, shard
-from sslbench.runtime.signals import TrainingInterrupted, catch_stop_signals
+from sslbench.runtime.signals import STOP_CHECK_EVERY, TrainingInterrupted, catch_stop_signals
 
 METHODS = ("ce", "coretuning")
 SCHEDULES = ("cosine", "multistep")
@@ -227,7 +227,6 @@ class FinetuneRun:
 
 
 StepHook = Callable[[int, FinetuneModel], None]
-STOP_CHECK_EVERY = 10  # steps between the ranks' agreement on a stop signal (a collective)
 
 
 def _load_state(path: Path, fingerprint: dict[str, Any], allow_change: bool) -> dict[str, Any] | None:

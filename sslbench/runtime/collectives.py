@@ -10,23 +10,26 @@ import torch.distributed as dist
 from sslbench.runtime.process import Runtime
 
 
-def gather_rows(tensor: torch.Tensor, runtime: Runtime) -> torch.Tensor:
-    """Every rank's ``(n_r, ...)`` rows concatenated in rank order (``n_r`` may differ), on every rank.
-    Gloo and NCCL gather equal shapes only, so the rows are padded to the largest ``n_r`` and cut."""
+def gather_rows(tensor: torch.Tensor, runtime: Runtime, chunk_rows: int = 65536) -> torch.Tensor:
+    """Every rank's ``(n_r, ...)`` rows concatenated in rank order (``n_r`` may differ), on every rank,
+    on ``tensor``'s device. Gloo and NCCL gather equal shapes only, so each round gathers a padded
+    chunk of ``chunk_rows`` rows per rank (bounded device memory for a large feature matrix)."""
     if not runtime.distributed:
         return tensor
-    local = tensor.to(runtime.device).contiguous()
     sizes = torch.zeros(runtime.world, dtype=torch.long, device=runtime.device)
-    sizes[runtime.rank] = len(local)
-    runtime.sum(sizes)
-    largest = int(sizes.max())
-    padded = torch.zeros((largest, *local.shape[1:]), dtype=local.dtype, device=runtime.device)
-    padded[: len(local)] = local
-    parts = [torch.empty_like(padded) for _ in range(runtime.world)]
-    dist.all_gather(parts, padded)
-    return torch.cat([part[: int(n)] for part, n in zip(parts, sizes.tolist(), strict=True)]).to(
-        tensor.device
-    )
+    sizes[runtime.rank] = len(tensor)
+    counts = runtime.sum(sizes).tolist()
+    pieces: list[list[torch.Tensor]] = [[] for _ in range(runtime.world)]
+    for start in range(0, max(counts), chunk_rows):
+        local = tensor[start : start + chunk_rows].to(runtime.device)
+        padded = torch.zeros((chunk_rows, *tensor.shape[1:]), dtype=tensor.dtype, device=runtime.device)
+        padded[: len(local)] = local
+        parts = [torch.empty_like(padded) for _ in range(runtime.world)]
+        dist.all_gather(parts, padded)
+        for rank, part in enumerate(parts):
+            rows = max(0, min(chunk_rows, counts[rank] - start))
+            pieces[rank].append(part[:rows].to(tensor.device))
+    return torch.cat([piece for rank_pieces in pieces for piece in rank_pieces])
 
 
 class _GatherForGlobalLoss(torch.autograd.Function):

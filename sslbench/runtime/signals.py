@@ -19,6 +19,7 @@ from sslbench.runtime.process import Runtime
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 EXIT_INTERRUPTED = 143  # 128 + SIGTERM: the conventional status of a job stopped by SIGTERM
+STOP_CHECK_EVERY = 10  # steps between the ranks' agreement on a stop signal under DDP (a collective)
 
 
 class TrainingInterrupted(SslbenchError):
