@@ -265,7 +265,6 @@ def _linear_sgd(args: argparse.Namespace, run: _Run) -> Any:
     )
     augment = train_transform(args.image_size, settings.crop_scale)
     trainval = build_dataset(args.dataset, args.root, "trainval", augment, **run.options)
-    test_ds, test = run.split("test", eval_transform(args.image_size))
 
     runtime = run.runtime
     loader_for_epoch = epoch_loaders(trainval, settings, runtime, args.workers)
@@ -280,7 +279,7 @@ def _linear_sgd(args: argparse.Namespace, run: _Run) -> Any:
     sgd = train_linear_head(
         backbone,
         feature_dim(run.ckpt.arch),
-        test_ds.num_classes,
+        trainval.num_classes,
         loader_for_epoch,
         settings,
         run.device,
@@ -291,6 +290,7 @@ def _linear_sgd(args: argparse.Namespace, run: _Run) -> Any:
         metrics=MetricsLog(Path(args.out), runtime.main, args.tensorboard),
     )
     check_backbone_unchanged(backbone, run.ckpt.state_dict)
+    test_ds, test = run.split("test", eval_transform(args.image_size))  # a collective under DDP
     if not runtime.main:
         return None
     metrics = accuracy_metrics(head_scores(sgd.head, test.features), test.labels)
