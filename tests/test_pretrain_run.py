@@ -122,7 +122,8 @@ def test_pretrain_command_reports_bad_input_in_one_line(tmp_path, capsys, overri
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
-def _ddp_rank(rank: int, world: int, port: int, out: str) -> None:
+def _join_as_rank(rank: int, world: int, port: int) -> None:
+    """The environment ``torchrun`` gives rank ``rank`` of ``world`` on this machine."""
     os.environ.update(
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),
@@ -131,6 +132,10 @@ def _ddp_rank(rank: int, world: int, port: int, out: str) -> None:
         LOCAL_RANK=str(rank),
     )
     torch.set_num_threads(1)
+
+
+def _ddp_rank(rank: int, world: int, port: int, out: str) -> None:
+    _join_as_rank(rank, world, port)
     cfg = load_pretrain_config("mocov2_ft_tiny", [f"out={out}", *SMALL, "epochs=1", "log_every=2"])
     run_pretraining(cfg)
 
@@ -160,14 +165,7 @@ def _ddp_rank_stopped_by_sigterm(
     rank: int, world: int, port: int, out: str, stop_at: int, resume: bool
 ) -> None:
     """One rank of a 2-rank run; rank 1 alone receives SIGTERM after step ``stop_at`` (0: never)."""
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        WORLD_SIZE=str(world),
-        LOCAL_RANK=str(rank),
-    )
-    torch.set_num_threads(1)
+    _join_as_rank(rank, world, port)
     overrides = [f"out={out}", *SMALL, "epochs=1", "log_every=2", "data.workers=0"]
     cfg = load_pretrain_config("mocov2_ft_tiny", overrides)
 

@@ -108,29 +108,15 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+def _command(name: str, checkpoint: Path, folder: Path, out: Path) -> list[str]:
+    """``name`` on the small ImageFolder: batch 4 of 16 px images, no workers."""
+    data = ["--dataset", "imagefolder", "--root", str(folder), "--out", str(out)]
+    return [name, str(checkpoint), *data, "--batch-size", "4", "--image-size", "16", "--workers", "0"]
+
+
 def _linear(checkpoint: Path, folder: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        "linear",
-        str(checkpoint),
-        "--dataset",
-        "imagefolder",
-        "--root",
-        str(folder),
-        "--protocol",
-        "sgd",
-        "--epochs",
-        "2",
-        "--batch-size",
-        "4",
-        "--image-size",
-        "16",
-        "--workers",
-        "0",
-        "--no-cache",
-        "--out",
-        str(out),
-        *extra,
-    ]
+    sgd = ["--protocol", "sgd", "--epochs", "2", "--no-cache"]
+    return [*_command("linear", checkpoint, folder, out), *sgd, *extra]
 
 
 def test_linear_sgd_rerun_with_another_lr_is_refused_unless_allowed_and_tensorboard_gets_scalars(
@@ -162,29 +148,8 @@ def test_linear_sgd_rerun_with_another_lr_is_refused_unless_allowed_and_tensorbo
 
 
 def _finetune(checkpoint: Path, folder: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        "finetune",
-        str(checkpoint),
-        "--dataset",
-        "imagefolder",
-        "--root",
-        str(folder),
-        "--out",
-        str(out),
-        "--steps",
-        "2",
-        "--batch-size",
-        "4",
-        "--image-size",
-        "16",
-        "--workers",
-        "0",
-        "--grid-lr",
-        "0.01",
-        "--grid-wd",
-        "0",
-        *extra,
-    ]
+    one_point = ["--steps", "2", "--grid-lr", "0.01", "--grid-wd", "0"]
+    return [*_command("finetune", checkpoint, folder, out), *one_point, *extra]
 
 
 @pytest.mark.parametrize("damaged", ["grid/00_lr0.01_wd0/point.json", "final/state.pth"])
