@@ -21,7 +21,6 @@
 
 from __future__ import annotations
 
-import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -33,7 +32,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from sslbench.atomic import torch_save
 from sslbench.checkpoints.canonical import tensors_differing
@@ -41,7 +39,7 @@ from sslbench.errors import ConfigError
 from sslbench.evaluate.metrics import AccuracyTally
 from sslbench.runtime.precision import Precision
 from sslbench.runtime.process import Runtime
-from sslbench.runtime.progress import MetricsLog, Progress
+from sslbench.runtime.progress import MetricsLog, Progress, tracked
 from sslbench.runtime.resume import change_entry, check_fingerprint, read_state
 from sslbench.runtime.sampling import SeededBatches, SeededSamples, steps_per_epoch
 from sslbench.runtime.signals import (
@@ -115,7 +113,7 @@ def lbfgs_probe(
     best_c, best_score = cs[0], -1.0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # as ssl-transfer: max_iter is the protocol
-        for c in tqdm(cs, desc="C sweep", disable=not progress, file=sys.stderr):
+        for c in tracked(cs, "C sweep", progress):
             clf.set_params(C=c)
             clf.fit(*train)
             metrics, _ = _evaluate(clf, *val, num_classes)
