@@ -21,6 +21,7 @@ from sslbench.errors import SslbenchError
 from sslbench.evaluate import cli as evaluate_cli
 from sslbench.evaluate import finetune_cli
 from sslbench.pretrain import cli as pretrain_cli
+from sslbench.runtime.signals import EXIT_INTERRUPTED, TrainingInterrupted
 from sslbench.tools import cli as tools_cli
 from sslbench.transfer import cli as transfer_cli
 
@@ -63,12 +64,13 @@ def parse_command_line(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return take_overrides(_subcommand(parser, args.command), args, extras)
 
 
-# Exit statuses (README: "Exit statuses"). 143 (SIGTERM, saved to resume) is pretrain's and quickstart's.
+# Exit statuses (README: "Exit statuses"); EXIT_INTERRUPTED (143: stopped by SIGTERM after saving, run
+# again to continue) comes from sslbench.runtime.signals.
 EXIT_OK = 0
 EXIT_TASKS_FAILED = 1  # sslbench suite: some tasks failed (each left a failed record)
 EXIT_BAD_INPUT = 2  # a bad option, file, dataset, checkpoint, config or record (argparse's status too)
 EXIT_IO_ERROR = 74  # the system refused a read or write: disk full, read-only folder, permissions (EX_IOERR)
-EXIT_INTERRUPTED = 130  # Ctrl-C
+EXIT_CTRL_C = 130  # KeyboardInterrupt
 
 
 def error_message(exc: BaseException) -> str:
@@ -94,6 +96,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_command_line(argv)
     try:
         return int(args.run(args) or EXIT_OK)
+    except TrainingInterrupted as exc:  # saved; a requeued job continues with --resume
+        print(f"sslbench {args.command}: {exc}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except SslbenchError as exc:
         print(f"sslbench {args.command}: error: {error_message(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -102,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_IO_ERROR
     except KeyboardInterrupt:
         print(f"sslbench {args.command}: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return EXIT_CTRL_C
 
 
 if __name__ == "__main__":
