@@ -10,10 +10,18 @@ from typing import TYPE_CHECKING
 from sslbench.checkpoints.formats import FORMATS
 from sslbench.checkpoints.writers import WRITERS
 from sslbench.commandline import add_out_argument
-from sslbench.models.archs import ARCHS
+from sslbench.models.archs import ARCHS, check_arch
+from sslbench.models.vit_archs import is_vit_arch, parse_vit_arch
 
 if TYPE_CHECKING:
     from sslbench.checkpoints.canonical import CanonicalCheckpoint
+
+
+def _arch(text: str) -> str:
+    try:
+        return parse_vit_arch(text).name if is_vit_arch(text) else check_arch(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_checkpoint_arguments(parser: argparse.ArgumentParser, positional: bool = True) -> None:
@@ -26,7 +34,13 @@ def add_checkpoint_arguments(parser: argparse.ArgumentParser, positional: bool =
     parser.add_argument(
         "--key", help="state dict entry to read, e.g. model_ema (PyContrast) or student (DINO)"
     )
-    parser.add_argument("--arch", choices=ARCHS, help="force the architecture (default: inferred)")
+    parser.add_argument(
+        "--arch",
+        type=_arch,
+        metavar="ARCH",
+        help=f"force the architecture (default: inferred): {', '.join(ARCHS)}, "
+        "vit_<tiny|small|base|large|huge>_patch<P> or vit_d<width>_l<depth>_h<heads>_p<patch>",
+    )
     parser.add_argument(
         "--trust-checkpoint",
         action="store_true",
@@ -95,7 +109,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run_inspect)
 
     p = subparsers.add_parser(
-        "convert", help="convert a checkpoint to torchvision, safetensors or detectron2"
+        "convert", help="convert a checkpoint to torchvision, timm, safetensors or detectron2"
     )
     add_checkpoint_arguments(p)
     p.add_argument("--to", required=True, choices=list(WRITERS), help="format to write")

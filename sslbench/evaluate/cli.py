@@ -76,7 +76,7 @@ def _open_run(args: argparse.Namespace) -> _Run:
     from sslbench.checkpoints.cli import checkpoint_from_args
     from sslbench.data.cli import dataset_options_from_args
     from sslbench.evaluate.features import FeatureCache, lazy
-    from sslbench.models.resnet import build_backbone
+    from sslbench.models.backbones import build_evaluated_backbone, check_image_size
     from sslbench.tools.records import utc_now
 
     started_at = utc_now()
@@ -86,11 +86,10 @@ def _open_run(args: argparse.Namespace) -> _Run:
         raise ConfigError("--device cuda: no CUDA device is visible")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     ckpt = checkpoint_from_args(args)
+    check_image_size(ckpt, args.image_size)
 
     def backbone() -> torch.nn.Module:
-        model = build_backbone(ckpt.arch)
-        model.load_state_dict(ckpt.state_dict, strict=True)
-        return model
+        return build_evaluated_backbone(ckpt, args.image_size)
 
     cache_dir = (
         args.cache_dir if args.cache_dir is not None else Path(args.out).resolve().parent / ".feature_cache"
@@ -124,11 +123,12 @@ def _dataset_record(
 def _common_settings(run: _Run, transform: Any) -> dict[str, Any]:
     from sslbench.data.transforms import describe_transform
     from sslbench.evaluate.features import amp_enabled
+    from sslbench.models.backbones import feature_settings
 
     return {
         "image_size": run.args.image_size,
         "transform": describe_transform(transform),
-        "features": "avgpool of the canonical backbone, frozen, eval mode",
+        **feature_settings(run.ckpt),
         "precision": "bf16-autocast" if amp_enabled(run.device) else "fp32",
         "device": str(run.device),
     }
@@ -315,10 +315,23 @@ def _linear_sgd(args: argparse.Namespace, run: _Run) -> Any:
     return ("linear-sgd", SGD_SOURCE, protocol_settings), trainval, test_ds, metrics, extra
 
 
+def refuse_vit_sgd_probe(arch: str) -> None:
+    """MoCo's SGD recipe is a ResNet recipe; the ViT ones (DINO, MAE) are not in sslbench yet."""
+    from sslbench.models.vit_archs import is_vit_arch
+
+    if is_vit_arch(arch):
+        raise ConfigError(
+            f"linear --protocol sgd on a ViT ({arch}): MoCo's ResNet recipe does not apply and DINO's / "
+            "MAE's ViT linear recipes are not implemented yet; use --protocol lbfgs"
+        )
+
+
 def run_linear(args: argparse.Namespace) -> int:
     from sslbench.tools.records import ResultRecord, write_record
 
     run = _open_run(args)
+    if args.protocol == "sgd":
+        refuse_vit_sgd_probe(run.ckpt.arch)
     probe = _linear_lbfgs if args.protocol == "lbfgs" else _linear_sgd
     (name, source, settings), train_ds, test_ds, metrics, extra = probe(args, run)
     _print_metrics(f"linear {args.protocol}", metrics)

@@ -73,6 +73,7 @@ def run_finetune(args: argparse.Namespace, on_step: Any = None) -> int:
         Splits,
         run_protocol,
     )
+    from sslbench.models.vit_archs import is_vit_arch
     from sslbench.tools.records import ResultRecord, utc_now, write_record
 
     started_at = utc_now()
@@ -91,6 +92,11 @@ def run_finetune(args: argparse.Namespace, on_step: Any = None) -> int:
     if dist.enabled and config.batch_size % dist.world_size:
         raise ConfigError(f"batch size {config.batch_size} is not divisible by {dist.world_size} processes")
     ckpt = checkpoint_from_args(args)
+    if is_vit_arch(ckpt.arch):
+        raise ConfigError(
+            f"{ckpt.source_path} is a ViT ({ckpt.arch}): "
+            "fine-tuning ViTs (MAE's recipe) is not implemented yet"
+        )
     options = dataset_options_from_args(args)
 
     interpolation = (
