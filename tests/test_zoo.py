@@ -37,7 +37,9 @@ def table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
             "format": "timm",
             "arch": ARCH,
             "citation": "test fixture",
-            "published": [{"protocol": "knn", "dataset": "cub200", "metric": "top1", "value": 1.5, "cite": "t"}],
+            "published": [
+                {"protocol": "knn", "dataset": "cub200", "metric": "top1", "value": 1.5, "cite": "t"}
+            ],
         },
         {
             "name": "tiny_dino_full",
