@@ -152,3 +152,22 @@ def test_zoo_list_imports_no_torch(table: dict[str, Path]) -> None:
     code = "import sys; from sslbench.cli import main; main(['zoo', 'list']); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().endswith("False")
+
+
+def test_suite_runs_a_zoo_name_and_its_jobs_keep_the_name(
+    table: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = fixtures.write_cub(tmp_path / "cub", num_classes=3, per_class=4, size=IMAGE).root
+    suite = tmp_path / "suite.yaml"
+    options = f'{{image-size: {IMAGE}, batch-size: 16, workers: 0, knn: ["3:0.07"], primary: "3:0.07"}}'
+    suite.write_text(
+        f"name: z\ntasks:\n  - name: knn\n    task: knn\n    dataset: cub200\n    root: {root}\n"
+        f"    options: {options}\n"
+    )
+    assert main(["suite", "zoo:tiny_dino_full", "--suite", str(suite), "--out", str(tmp_path / "res")]) == 0
+    records = list((tmp_path / "res").glob("*/knn-*/seed*/result.json"))
+    assert len(records) == 1
+    record = read_record(records[0])
+    digest = (table["cache"] / "zoo" / "tiny_dino_full" / "sha256").read_text().strip()
+    assert record.status == "ok" and record.checkpoint["sha256"] == digest
+    assert record.checkpoint["key"] == "student"  # the table's entry, so the job read it by name

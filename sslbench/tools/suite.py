@@ -326,12 +326,15 @@ def _checkpoint_hashes(checkpoints: Sequence[Path]) -> list[tuple[Path, str]]:
     from sslbench.checkpoints import zoo
     from sslbench.checkpoints.loading import sha256_of
 
-    # zoo:NAME is fetched (once) here; its jobs then read the cached file.
+    # zoo:NAME is fetched (once) and hashed here; its jobs keep the name (and the table's settings).
     files = [zoo.resolve(str(c))[0] if zoo.is_zoo_name(c) else Path(c) for c in checkpoints]
     missing = [str(c) for c in files if not c.is_file()]
     if missing:
         raise ConfigError(f"no such checkpoint file: {', '.join(missing)}")
-    return [(c.resolve(), sha256_of(c)) for c in files]
+    return [
+        (Path(str(c)) if zoo.is_zoo_name(c) else f.resolve(), sha256_of(f))
+        for c, f in zip(checkpoints, files, strict=True)
+    ]
 
 
 def _write_labels(out: Path, hashes: Sequence[tuple[Path, str]], labels: Sequence[str] | None) -> None:
