@@ -224,3 +224,16 @@ def test_vit_commands_outside_the_slice_say_so_in_one_line(
     argv = ["linear", ckpt, "--protocol", "sgd", "--dataset", "cub200", "--root", str(cub), *COMMON]
     _error([*argv, "--out", str(tmp_path / "s")], capsys, "use --protocol lbfgs")
     assert not (tmp_path / "d").exists() and not (tmp_path / "s").exists()
+
+
+def test_feature_cache_never_returns_features_of_another_reading(
+    files: dict[str, Path], cub: Path, tmp_path: Path
+) -> None:
+    """Same file, other heads (--arch) or other entry (--key): features are computed, not reused."""
+    base = ["knn", str(files["dino"]), "--dataset", "cub200", "--root", str(cub), *COMMON]
+    base += ["--knn", "5:0.07", "--primary", "5:0.07", "--cache-dir", str(tmp_path / "cache")]
+    caches = []
+    for i, extra in enumerate(([], [], ["--arch", "vit_d128_l2_h4_p8"], ["--key", "student"])):
+        assert main([*base, *extra, "--out", str(tmp_path / f"r{i}")]) == 0
+        caches.append(read_record(tmp_path / f"r{i}" / "result.json").extra["features"]["test"]["cache"])
+    assert caches == ["computed", "hit", "computed", "computed"]

@@ -138,6 +138,15 @@ def test_bad_names_urls_and_tables_give_one_line(
         main(["zoo", "show"])
 
 
+def test_a_cache_path_that_is_a_file_is_named_in_one_line(
+    table: dict[str, Path], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    not_a_folder = table["table"]  # an existing file
+    monkeypatch.setenv(zoo.CACHE_ENV, str(not_a_folder))
+    _error(["inspect", "zoo:tiny_dino"], capsys, r"cannot create the cache folder .*zoo.yaml/zoo/tiny_dino")
+    assert not_a_folder.is_file()
+
+
 def test_knn_takes_a_zoo_name(table: dict[str, Path], tmp_path: Path) -> None:
     root = fixtures.write_cub(tmp_path / "cub", num_classes=3, per_class=4, size=IMAGE).root
     argv = ["knn", "zoo:tiny_dino", "--dataset", "cub200", "--root", str(root), "--knn", "3:0.07"]

@@ -181,6 +181,13 @@ def resolve(spec: str, progress: bool = True) -> tuple[Path, ZooEntry]:
                 f"{recorded[:12]}...); refusing it: delete {path.parent} to download it again"
             )
         return path, entry
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CheckpointError(
+            f"zoo:{name}: cannot create the cache folder {path.parent} ({exc.strerror}); "
+            f"set ${CACHE_ENV} to a writable folder"
+        ) from None
     _download(entry, path, progress)  # no file, or no digest (an interrupted first use): fetch again
     actual = _sha256(path)
     if entry.sha256 is not None and actual != entry.sha256:

@@ -55,6 +55,7 @@ class _Run:
         from sslbench.data.registry import build_dataset
         from sslbench.data.transforms import describe_transform
         from sslbench.evaluate.features import FeatureKey, amp_enabled, split_features
+        from sslbench.models.backbones import feature_identity
 
         args = self.args
         dataset = build_dataset(args.dataset, args.root, split, transform, **self.options)
@@ -62,7 +63,12 @@ class _Run:
             raise ConfigError(f"{args.dataset}: the {split} split is empty under {args.root}")
         precision = "bf16-autocast" if amp_enabled(self.device) else "fp32"
         key = FeatureKey.of(
-            self.ckpt.sha256, dataset, args.root, self.options, describe_transform(transform), precision
+            feature_identity(self.ckpt),
+            dataset,
+            args.root,
+            self.options,
+            describe_transform(transform),
+            precision,
         )
         features = split_features(
             dataset, key, self.model, self.cache, self.device, args.batch_size, args.workers

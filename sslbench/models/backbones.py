@@ -56,6 +56,18 @@ def feature_settings(ckpt: CanonicalCheckpoint) -> dict[str, Any]:
     }
 
 
+def feature_identity(ckpt: CanonicalCheckpoint) -> str:
+    """What the features depend on beyond the images: the file, the entry read from it (teacher and
+    student share a file) and, for a ViT, the heads ``--arch`` may set and how positions are resized.
+    The feature cache keys on it, so none of these can return another reading's features."""
+    identity = ckpt.sha256 + (f"/{ckpt.key}" if ckpt.key else "")
+    if is_vit_arch(ckpt.arch):
+        from sslbench.models.vit import pos_embed_method
+
+        identity += f"/{ckpt.arch}/pos:{pos_embed_method(ckpt.source_format)}"
+    return identity
+
+
 def feature_width(arch: str) -> int:
     """Width of the evaluated feature (ResNet pooled feature or ViT embedding width)."""
     if is_vit_arch(arch):
