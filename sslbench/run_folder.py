@@ -7,7 +7,9 @@ there, instead of replacing an earlier run. ``--overwrite`` says the replacement
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -50,6 +52,18 @@ def refuse_previous_run(out: Path, markers: Sequence[str], what: str) -> None:
             f"--out {out}: holds a previous {what} ({', '.join(found)}); pass --resume to continue it, "
             "or choose another --out"
         )
+
+
+def refuse_unwritable(folder: Path) -> None:
+    """Fail now, without creating anything, when ``folder`` could not be created or written: its
+    nearest existing ancestor is not a folder, or is not writable (an OSError, as writing would)."""
+    existing = Path(folder).absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "not a folder, cannot hold the output", str(existing))
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(errno.EACCES, "not writable", str(existing))
 
 
 def refuse_existing_file(path: Path, option: str) -> None:

@@ -34,7 +34,7 @@ from sslbench.options import (
     positive_int,
     unit_fraction,
 )
-from sslbench.run_folder import refuse_existing_record
+from sslbench.run_folder import refuse_existing_record, refuse_unwritable
 from sslbench.runtime.arguments import add_runtime_arguments
 
 KNN_SOURCE = "DINO eval_knn.py (Caron et al. 2021); k=200, T=0.1 from InstDisc (Wu et al. 2018)"
@@ -97,7 +97,7 @@ def _open_run(args: argparse.Namespace, runtime: Any) -> _Run:
         refuse_existing_record(Path(args.out), RECORD_NAME)
     ckpt = checkpoint_from_args(args)
     check_image_size(ckpt, args.image_size)
-    Path(args.out).mkdir(parents=True, exist_ok=True)  # a folder that cannot be written fails now
+    refuse_unwritable(Path(args.out))  # fails now, not after the features are computed
 
     def backbone() -> torch.nn.Module:
         return build_evaluated_backbone(ckpt, args.image_size)
