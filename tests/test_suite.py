@@ -15,7 +15,9 @@ from sslbench.data import fixtures
 from sslbench.errors import ConfigError
 from sslbench.tools import suite as suite_module
 from sslbench.tools.records import read_record
-from sslbench.tools.suite import TaskConfig, load_suite, plan_jobs, run_command, run_suite, spec_hash
+from sslbench.tools import suite_launch
+from sslbench.tools.suite import TaskConfig, load_suite, plan_jobs, run_suite, spec_hash
+from sslbench.tools.suite_launch import run_command
 
 SMALL = {"image-size": 32, "batch-size": 16, "workers": 0}
 
@@ -90,7 +92,7 @@ def test_a_failing_task_is_recorded_and_the_other_tasks_still_run(
         calls.append(list(argv))
         return run_command(argv)
 
-    monkeypatch.setattr(suite_module, "run_command", spy)
+    monkeypatch.setattr(suite_launch, "run_command", spy)
     mtimes = {p: p.stat().st_mtime_ns for p in (jobs["cub-knn"].records[0], jobs["cub-linear"].records[0])}
     moved = tmp_path / "elsewhere.pth"  # the same file elsewhere: the same checkpoint
     shutil.copy(checkpoint, moved)
@@ -117,13 +119,19 @@ def test_the_run_folder_follows_the_task_settings_not_the_checkpoint_path(tmp_pa
     assert a.argv[:2] == ("linear", "/x/a.pth") and "--protocol" in a.argv
 
 
-def test_detection_tasks_run_detect_once_for_all_seeds_with_resume(tmp_path: Path) -> None:
+def test_detection_tasks_run_detect_once_for_all_seeds_on_the_tasks_gpus(tmp_path: Path) -> None:
     suite = load_suite("paper", ["data_root=/data"])
     jobs = plan_jobs(suite, [(Path("/c.pth"), "2" * 64)], tmp_path)
     voc = next(j for j in jobs if j.task.name == "voc-detection")
     assert voc.argv[:4] == ("detect", "/c.pth", "--task", "voc")
-    assert "--resume" in voc.argv and voc.argv[voc.argv.index("--seeds") + 1] == "3"
+    assert voc.argv[voc.argv.index("--seeds") + 1] == "3"
+    # MoCo's detection ran on 8 GPUs: Detectron2 launches them itself, one job task per node
+    assert voc.argv[voc.argv.index("--num-gpus") + 1] == "8" and "--num-machines" not in voc.argv
+    assert voc.command.resources() == {"nodes": 1, "tasks_per_node": 1, "gpus_per_node": 8}
+    assert "--resume" not in voc.argv  # a first attempt; a rerun adds it (see the resume tests)
     assert [p.parent.name for p in voc.records] == ["seed0", "seed1", "seed2"]
+    linear = next(j for j in jobs if j.task.name == "in1k-linear")
+    assert linear.command.resources() == {"nodes": 1, "tasks_per_node": 8, "gpus_per_node": 8}
     cub = next(j for j in jobs if j.task.name == "cub-finetune")
     assert (
         cub.argv[:5] == ("finetune", "/c.pth", "--dataset", "cub200", "--root")
