@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import os
 import pickle
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,8 +20,8 @@ from sslbench.cli import main
 from sslbench.data import fixtures
 from sslbench.errors import ConfigError
 from sslbench.tools import suite as suite_module
-from sslbench.tools.records import read_record
 from sslbench.tools import suite_launch
+from sslbench.tools.records import read_record
 from sslbench.tools.suite import TaskConfig, load_suite, plan_jobs, run_suite, spec_hash
 from sslbench.tools.suite_launch import run_command
 
@@ -187,3 +193,125 @@ def test_submitit_launcher_runs_each_task_as_a_job(setup: tuple[Path, Path, Path
     assert len(report.ran) == 1 and not report.failed
     assert read_record(report.ran[0].records[0]).status == "ok"
     assert (tmp_path / "submitit").is_dir()
+
+
+# ---------------------------------------------------------------- killed suites rerun to the same result
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _suite_argv(checkpoint: Path, suite_file: Path, out: Path, *extra: str) -> list[str]:
+    suite = ["suite", str(checkpoint), "--suite", str(suite_file), "--out", str(out), *extra]
+    return [sys.executable, "-m", "sslbench", *suite]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "2"}
+
+
+def _run_suite_process(argv: list[str]) -> str:
+    done = subprocess.run(argv, env=_env(), capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def _kill_suite_when(argv: list[str], out: Path, pattern: str) -> None:
+    """Start ``sslbench suite`` and SIGKILL it as soon as a file matching ``pattern`` exists under
+    ``out`` (a state the command saves mid-run)."""
+    process = subprocess.Popen(argv, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 600
+    while not list(out.glob(pattern)):
+        assert process.poll() is None, f"the suite ended before {pattern}: {process.stderr.read()[-2000:]!r}"
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    process.stderr.close()
+    assert process.returncode == -signal.SIGKILL
+
+
+def _suite_with(base: Path, task: str) -> Path:
+    path = base / "suite.yaml"
+    path.write_text(f"tasks:\n{task}")
+    return path
+
+
+def test_a_suite_killed_mid_grid_continues_its_finetune_task_to_the_uninterrupted_result(
+    setup: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    checkpoint, data, _ = setup
+    suite_file = _suite_with(
+        tmp_path,
+        f"""  - name: cub-ft
+    task: finetune
+    dataset: cub200
+    root: {data}
+    options: {{steps: 2, save-every: 1, batch-size: 6, image-size: 16, workers: 0, device: cpu,
+               grid-lr: [0.05, 0.005], grid-wd: [0]}}
+""",
+    )
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    _run_suite_process(_suite_argv(checkpoint, suite_file, whole))
+    # killed in the second grid point, after its first step was saved
+    _kill_suite_when(_suite_argv(checkpoint, suite_file, killed), killed, "*/*/seed0/grid/01_*/state.pth")
+    [run] = killed.glob("*/cub-ft-*/seed0")
+    assert not (run / "result.json").exists() and len(list(run.glob("grid/00_*/point.json"))) == 1
+
+    log = _run_suite_process(_suite_argv(checkpoint, suite_file, killed))
+    assert "(continuing an earlier attempt)" in log and " --resume " in log
+    assert "suite: 1 ran, 0 already done, 0 failed" in log
+
+    [reference] = whole.glob("*/cub-ft-*/seed0")
+    first, again = read_record(reference / "result.json"), read_record(run / "result.json")
+    assert again.status == "ok" and again.metrics == first.metrics
+    assert again.extra["chosen"] == first.extra["chosen"]
+    assert [row["skipped"] for row in again.extra["grid"]] == [True, False]  # point 0 was not redone
+    for a, b in zip(first.extra["grid"], again.extra["grid"], strict=True):
+        assert {k: v for k, v in a.items() if k.startswith("val_")} == {
+            k: v for k, v in b.items() if k.startswith("val_")
+        }
+    [point] = run.glob("grid/01_*/point.json")
+    assert json.loads(point.read_text())["resumed_from_step"] == 1  # continued, not restarted
+    kept = torch.load(run / "best.pth", weights_only=True)
+    expected = torch.load(reference / "best.pth", weights_only=True)
+    assert {k: v for k, v in kept.items() if k != "model"} == {
+        k: v for k, v in expected.items() if k != "model"
+    }
+    assert kept["model"].keys() == expected["model"].keys()
+    assert all(_same_bytes(kept["model"][k], v) for k, v in expected["model"].items())
+
+
+def _same_bytes(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.dtype == b.dtype and a.shape == b.shape and a.numpy().tobytes() == b.numpy().tobytes()
+
+
+def test_a_suite_killed_during_the_sgd_linear_probe_continues_it_to_the_uninterrupted_result(
+    setup: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    checkpoint, data, _ = setup
+    suite_file = _suite_with(
+        tmp_path,
+        f"""  - name: cub-sgd
+    task: linear
+    dataset: cub200
+    root: {data}
+    options: {{protocol: sgd, epochs: 4, batch-size: 4, image-size: 16, workers: 0, device: cpu}}
+""",
+    )
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    _run_suite_process(_suite_argv(checkpoint, suite_file, whole))
+    _kill_suite_when(_suite_argv(checkpoint, suite_file, killed), killed, "*/*/seed0/linear_state.pth")
+    [run] = killed.glob("*/cub-sgd-*/seed0")
+    assert not (run / "result.json").exists()
+
+    log = _run_suite_process(_suite_argv(checkpoint, suite_file, killed))
+    assert "(continuing an earlier attempt)" in log and "suite: 1 ran, 0 already done, 0 failed" in log
+
+    [reference] = whole.glob("*/cub-sgd-*/seed0")
+    first, again = read_record(reference / "result.json"), read_record(run / "result.json")
+    assert again.status == "ok" and again.metrics == first.metrics
+    assert again.extra["history"] == first.extra["history"]
+    assert 1 <= again.extra["resumed_from_epoch"] < 4  # continued from a saved epoch, not restarted
+    head = torch.load(run / "linear_state.pth", weights_only=True)["head"]
+    reference_head = torch.load(reference / "linear_state.pth", weights_only=True)["head"]
+    assert all(_same_bytes(head[k], reference_head[k]) for k in reference_head)

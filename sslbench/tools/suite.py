@@ -408,7 +408,7 @@ def _shown(job: Job) -> str:
 def _run_local(jobs: Sequence[Job], report: SuiteReport, progress: SuiteProgress) -> None:
     for i, job in enumerate(jobs, 1):
         print(progress.line(), flush=True)
-        resume = " (resuming)" if job.command.resumes() else ""
+        resume = " (continuing an earlier attempt)" if job.command.continues() else ""
         print(f"suite [{i}/{len(jobs)}]: {job.title}{resume}\n  {_shown(job)}", flush=True)
         started_at, started = utc_now(), time.time()
         outcome = job.command.run_local()

@@ -205,9 +205,13 @@ class JobCommand:
     def argv(self, resume: bool = False, middle: Sequence[str] = ()) -> list[str]:
         return [*self.head, *([RESUME_OPTION] if resume else []), *middle, *self.tail]
 
+    def continues(self) -> bool:
+        """True when an earlier attempt left the run folder: this one continues it."""
+        return self.out.exists()
+
     def resumes(self) -> bool:
-        """True when a previous attempt left the run folder and the command can continue it."""
-        return self.out.exists() and command_accepts(self.command, RESUME_OPTION)
+        """True when the command is to be given ``--resume`` (it continues, and has the option)."""
+        return self.continues() and command_accepts(self.command, RESUME_OPTION)
 
     def run_local(self) -> CommandOutcome:
         """On this machine: in this process, or as ``gpus`` torchrun workers (detection launches its
@@ -238,8 +242,8 @@ class JobCommand:
             # all GPUs of its node visible and picks cuda:LOCAL_RANK, as under torchrun
             TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
         resume = self.resumes()
-        if resume:
-            print(f"sslbench suite: {self.out} holds a previous attempt: {self.command} --resume", flush=True)
+        if self.continues():
+            print(f"sslbench suite: continuing the earlier attempt in {self.out}", flush=True)
         outcome = run_command(self.argv(resume, middle))
         if self._requeued and outcome.system_exit:
             raise SystemExit(outcome.returncode)  # submitit's requeue exit: let it end the process
