@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
@@ -315,3 +316,85 @@ def test_a_suite_killed_during_the_sgd_linear_probe_continues_it_to_the_uninterr
     head = torch.load(run / "linear_state.pth", weights_only=True)["head"]
     reference_head = torch.load(reference / "linear_state.pth", weights_only=True)["head"]
     assert all(_same_bytes(head[k], reference_head[k]) for k in reference_head)
+
+
+# ---------------------------------------------------------------- multi-process tasks, submitit requeue
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (Linux /proc)."""
+    found, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        for thread in Path(f"/proc/{parent}/task").glob("*"):
+            with contextlib.suppress(OSError):
+                children = [int(c) for c in (thread / "children").read_text().split()]
+                found += children
+                todo += children
+    return found
+
+
+def _submitit_tasks(pid: int) -> list[int]:
+    tasks = []
+    for child in _descendants(pid):
+        with contextlib.suppress(OSError):
+            if b"submitit.core._submit" in Path(f"/proc/{child}/cmdline").read_bytes():
+                tasks.append(child)
+    return tasks
+
+
+def test_a_two_process_submitit_job_preempted_mid_run_requeues_and_ends_like_an_uninterrupted_run(
+    setup: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    """submitit's LocalExecutor stands in for Slurm: a task of ``gpus: 2`` is one job of two tasks
+    (DDP on gloo); SIGUSR2 to both, as Slurm signals a preempted job, makes rank 0 requeue the job,
+    which resumes from the fine-tune state. The reference is the same task run locally by torchrun."""
+    pytest.importorskip("submitit")
+    if not Path("/proc/self/task").is_dir():
+        pytest.skip("finding the job's task processes reads Linux's /proc")
+    checkpoint, data, _ = setup
+    suite_file = tmp_path / "ddp.yaml"
+    suite_file.write_text(
+        f"""slurm: {{timeout_min: 30}}
+tasks:
+  - name: cub-ddp
+    task: finetune
+    dataset: cub200
+    root: {data}
+    gpus: 2
+    options: {{steps: 4, save-every: 1, batch-size: 6, image-size: 16, workers: 0, device: cpu,
+               lr: 0.05, wd: 0}}
+"""
+    )
+    local, cluster = tmp_path / "torchrun", tmp_path / "submitit"
+    log = _run_suite_process(_suite_argv(checkpoint, suite_file, local))
+    assert "torchrun --standalone --nproc-per-node 2 -m sslbench finetune" in log
+
+    argv = _suite_argv(checkpoint, suite_file, cluster, "--launcher", "submitit", "--cluster", "local")
+    suite = subprocess.Popen(argv, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 600
+    while not list(cluster.glob("*/*/seed0/final/state.pth")):  # step 1 of 4 saved
+        assert suite.poll() is None and time.monotonic() < deadline, suite.communicate()[1][-2000:]
+        time.sleep(0.02)
+    tasks = _submitit_tasks(suite.pid)
+    assert len(tasks) == 2
+    for task in tasks:
+        os.kill(task, signal.SIGUSR2)
+    stdout, stderr = suite.communicate(timeout=600)
+    assert suite.returncode == 0, stderr[-3000:]
+    assert "suite: 1 ran, 0 already done, 0 failed" in stdout
+
+    [job_log] = cluster.glob("submitit/*/*_0_log.out")
+    text = job_log.read_text()
+    assert "this job is preempted" in text and "Requeued job" in text
+    assert text.count("Starting with JobEnvironment") == 2  # the first attempt and the requeued one
+    [run] = cluster.glob("*/cub-ddp-*/seed0")
+    assert 1 <= json.loads((run / "final" / "point.json").read_text())["resumed_from_step"] < 4
+
+    [reference] = local.glob("*/cub-ddp-*/seed0")
+    first, again = read_record(reference / "result.json"), read_record(run / "result.json")
+    assert again.protocol["settings"]["world_size"] == first.protocol["settings"]["world_size"] == 2
+    assert again.metrics == first.metrics and again.extra["history"] == first.extra["history"]
+    kept = torch.load(run / "best.pth", weights_only=True)["model"]
+    expected = torch.load(reference / "best.pth", weights_only=True)["model"]
+    assert kept.keys() == expected.keys() and all(_same_bytes(kept[k], v) for k, v in expected.items())
