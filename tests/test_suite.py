@@ -72,6 +72,14 @@ def test_a_failing_task_is_recorded_and_the_other_tasks_still_run(
     )
     captured = capsys.readouterr()
     assert "suite: 2 ran, 0 already done, 1 failed" in captured.out
+    # plain progress lines for the whole suite: done / to go, elapsed, and an ETA once a job has finished
+    progress = [line for line in captured.out.splitlines() if line.startswith("suite progress: ")]
+    assert len(progress) == 4 and "0/3 jobs done" in progress[0] and "ETA after the first job" in progress[0]
+    assert (
+        "1/3 jobs done (0 before this run), 2 to go; elapsed 0:00:" in progress[1]
+        and "; ETA 0:" in progress[1]
+    )
+    assert "3/3 jobs done" in progress[3] and "ETA" not in progress[3]
 
     jobs = {
         job.task.name: job for job in plan_jobs(load_suite(suite_file), [(checkpoint, _sha(checkpoint))], out)
@@ -83,6 +91,7 @@ def test_a_failing_task_is_recorded_and_the_other_tasks_still_run(
         and linear.protocol["name"] == "linear-lbfgs"
     )
     failure = read_record(jobs["broken"].records[0])
+    failure_bytes = jobs["broken"].records[0].read_bytes()
     assert failure.status == "failed" and failure.task == "knn"
     assert "no-such-dataset" in failure.error and failure.extra["argv"][0] == "knn"
     assert failure.checkpoint["sha256"] == knn.checkpoint["sha256"]
@@ -107,6 +116,10 @@ def test_a_failing_task_is_recorded_and_the_other_tasks_still_run(
     assert [c[0] for c in calls] == ["knn"] and "no-such-dataset" in " ".join(calls[0])
     assert len(report.skipped) == 2 and len(report.failed) == 1 and not report.ran
     assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
+    # the earlier failure was set aside, not overwritten: the command found no record in its folder
+    kept = jobs["broken"].records[0].parent / "failed-1.json"
+    assert kept.read_bytes() == failure_bytes
+    assert read_record(jobs["broken"].records[0]).status == "failed"
 
 
 def _sha(path: Path) -> str:
@@ -177,6 +190,92 @@ def test_suite_files_are_validated(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="used twice"):
         load_suite(bad)
     assert load_suite("quick").tasks[1].options["protocol"] == "lbfgs"
+
+
+@pytest.mark.parametrize(
+    ("task", "message"),
+    [
+        ("{name: a, task: knn, dataset: digits, gpus: 0}", "gpus and nodes count processes"),
+        ("{name: a, task: knn, dataset: digits, gpus: -2}", "gpus and nodes count processes"),
+        ("{name: a, task: knn, dataset: digits, nodes: 0}", "gpus and nodes count processes"),
+        ("{name: a, task: knn, dataset: digits, gpus: .nan}", "gpus"),
+        ("{name: a, task: knn, dataset: digits, gpus: eight}", "gpus"),
+        (
+            "{name: a, task: detection, dataset: voc, options: {num-gpus: 8}}",
+            "num-gpus come from the task's gpus",
+        ),
+        ("{name: a, task: knn, dataset: digits, slurm: {gpus_per_node: 8}}", "slurm gpus_per_node"),
+        ("{name: a, task: knn, dataset: digits, options: {resume: true}}", "resume are set by the suite"),
+    ],
+)
+def test_bad_gpus_nodes_and_resume_settings_exit_2_naming_the_task_and_start_nothing(
+    setup: tuple[Path, Path, Path], tmp_path: Path, capsys, task: str, message: str
+) -> None:
+    checkpoint, _, _ = setup
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"tasks:\n  - {task}\n")
+    out = tmp_path / "out"
+    assert main(["suite", str(checkpoint), "--suite", str(bad), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_a_local_suite_refuses_a_task_on_several_nodes_before_starting_anything(
+    setup: tuple[Path, Path, Path], tmp_path: Path, capsys
+) -> None:
+    checkpoint, data, _ = setup
+    suite_file = tmp_path / "nodes.yaml"
+    suite_file.write_text(f"tasks:\n  - {{name: wide, task: knn, dataset: cub200, root: {data}, nodes: 2}}\n")
+    out = tmp_path / "out"
+    assert main(["suite", str(checkpoint), "--suite", str(suite_file), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "wide ask for several nodes" in err and "--launcher submitit" in err and not out.exists()
+
+
+def test_processes_enter_the_spec_hash_only_beyond_one_so_earlier_folders_still_count() -> None:
+    task = TaskConfig(name="t", task="finetune", dataset="cub200", root="/data/CUB", options={"steps": 5000})
+    assert spec_hash(task) == "29cbc5ee"  # what the suite computed before tasks had gpus and nodes
+    wide = TaskConfig(**{**task.__dict__, "gpus": 2})
+    assert spec_hash(wide) != spec_hash(task)
+
+
+def test_a_detection_task_on_two_nodes_gets_its_machine_rank_and_rendezvous_from_the_submitit_job(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Inside a submitit job (its environment variables as submitit's local executor sets them for
+    the second node's task), the detect command line gets that node's rank and node 0's address."""
+    pytest.importorskip("submitit")
+    task = TaskConfig(
+        name="voc", task="detection", dataset="voc", gpus=8, nodes=2, args=["SOLVER.MAX_ITER", "10"]
+    )
+    [job] = plan_jobs(suite_module.SuiteConfig(tasks=[task]), [(Path("/c.pth"), "3" * 64)], tmp_path)
+    assert job.command.resources() == {"nodes": 2, "tasks_per_node": 1, "gpus_per_node": 8}
+    environment = {
+        "SUBMITIT_EXECUTOR": "local",
+        "SUBMITIT_LOCAL_JOB_ID": "4242",
+        "SUBMITIT_LOCAL_NTASKS": "2",
+        "SUBMITIT_LOCAL_JOB_NUM_NODES": "2",
+        "SUBMITIT_LOCAL_NODEID": "1",
+        "SUBMITIT_LOCAL_GLOBALID": "1",
+        "SUBMITIT_LOCAL_LOCALID": "0",
+    }
+    for key, value in environment.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("MASTER_PORT", raising=False)
+    seen = []
+    monkeypatch.setattr(
+        suite_launch, "run_command", lambda argv: seen.append(argv) or suite_launch.CommandOutcome(0)
+    )
+    assert job.command().returncode == 0
+    from submitit.helpers import TorchDistributedEnvironment
+
+    node0 = TorchDistributedEnvironment()
+    [argv] = seen
+    assert argv[argv.index("--num-gpus") + 1] == "8" and argv[argv.index("--num-machines") + 1] == "2"
+    assert argv[argv.index("--machine-rank") + 1] == "1"
+    assert argv[argv.index("--dist-url") + 1] == f"tcp://{node0.master_addr}:{node0.master_port}"
+    assert argv[-2:] == ["SOLVER.MAX_ITER", "10"] and "--resume" not in argv  # the folder is new
 
 
 def test_submitit_launcher_runs_each_task_as_a_job(setup: tuple[Path, Path, Path], tmp_path: Path) -> None:
