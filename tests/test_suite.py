@@ -278,6 +278,33 @@ def test_a_detection_task_on_two_nodes_gets_its_machine_rank_and_rendezvous_from
     assert argv[-2:] == ["SOLVER.MAX_ITER", "10"] and "--resume" not in argv  # the folder is new
 
 
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("nodes: 2", "LocalExecutor can use only one node"),
+        ("slurm: {partitoin: gpu}", "partitoin"),
+    ],
+)
+def test_submitit_parameters_it_refuses_exit_2_before_any_job_is_submitted(
+    setup: tuple[Path, Path, Path], tmp_path: Path, capsys, extra: str, message: str
+) -> None:
+    pytest.importorskip("submitit")
+    checkpoint, data, _ = setup
+    suite_file = tmp_path / "jobs.yaml"
+    first = f"{{name: fine, task: knn, dataset: cub200, root: {data}}}"
+    suite_file.write_text(
+        f"tasks:\n  - {first}\n  - {{name: bad, task: knn, dataset: cub200, root: {data}, {extra}}}\n"
+    )
+    out = tmp_path / "out"
+    argv = ["suite", str(checkpoint), "--suite", str(suite_file), "--out", str(out), "--launcher", "submitit"]
+    assert main([*argv, "--cluster", "local"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert (
+        "task bad: submitit refused its parameters" in err and message in err and len(err.splitlines()) == 1
+    )
+    assert not list(out.rglob("*_submitted.pkl"))  # not even the valid first task was submitted
+
+
 def test_submitit_launcher_runs_each_task_as_a_job(setup: tuple[Path, Path, Path], tmp_path: Path) -> None:
     """submitit's debug executor runs the jobs in this process; the job function must pickle."""
     pytest.importorskip("submitit")

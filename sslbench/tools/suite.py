@@ -442,8 +442,8 @@ def _run_submitit(
         import submitit
     except ImportError:
         raise ConfigError("--launcher submitit needs submitit: pip install 'sslbench[cluster]'") from None
-    pending = []
-    for job in jobs:
+    executors = []
+    for job in jobs:  # every job's parameters are checked before the first is submitted
         executor = submitit.AutoExecutor(folder=out / "submitit" / "%j", cluster=cluster)
         try:
             executor.update_parameters(
@@ -451,7 +451,11 @@ def _run_submitit(
                 **{**suite.slurm, **job.task.slurm, **job.command.resources()},
             )
         except (ValueError, NameError, AssertionError) as exc:  # submitit's checks of its parameters
-            raise ConfigError(f"task {job.task.name}: submitit refused its parameters: {exc}") from None
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConfigError(f"task {job.task.name}: submitit refused its parameters: {first}") from None
+        executors.append(executor)
+    pending = []
+    for job, executor in zip(jobs, executors, strict=True):
         started_at, started = utc_now(), time.time()
         handle = executor.submit(job.command)
         shape = f"{job.task.nodes} node(s) x {job.command.resources()['tasks_per_node']} task(s)"
