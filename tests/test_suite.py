@@ -233,6 +233,27 @@ def test_a_local_suite_refuses_a_task_on_several_nodes_before_starting_anything(
     assert "wide ask for several nodes" in err and "--launcher submitit" in err and not out.exists()
 
 
+def test_a_job_stopped_by_a_signal_after_saving_stops_the_suite_with_143_and_records_no_failure(
+    setup: tuple[Path, Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """A training loop that got SIGTERM (a Slurm time limit) saves and returns 143: the suite stops
+    there instead of recording a failure and starting the next task, and says how to continue."""
+    checkpoint, _, suite_file = setup
+    calls = []
+
+    def stopped(argv):
+        calls.append(argv[0])
+        return suite_launch.CommandOutcome(suite_launch.EXIT_STOPPED, "stopped by a signal after step 3")
+
+    monkeypatch.setattr(suite_launch, "run_command", stopped)
+    out = tmp_path / "out"
+    assert main(["suite", str(checkpoint), "--suite", str(suite_file), "--out", str(out)]) == 143
+    err = capsys.readouterr().err
+    assert "sslbench suite: stopped: a stop signal ended cub-knn seed 0" in err
+    assert "run the same command again to continue" in err
+    assert calls == ["knn"] and not list(out.rglob("result.json"))
+
+
 def test_processes_enter_the_spec_hash_only_beyond_one_so_earlier_folders_still_count() -> None:
     task = TaskConfig(name="t", task="finetune", dataset="cub200", root="/data/CUB", options={"steps": 5000})
     assert spec_hash(task) == "29cbc5ee"  # what the suite computed before tasks had gpus and nodes

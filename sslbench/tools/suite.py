@@ -49,7 +49,13 @@ from sslbench.config import load_config, resolve_config_path
 from sslbench.errors import ConfigError, RecordError
 from sslbench.tools.leaderboard import LABELS_NAME, Leaderboard, build_leaderboard, write_leaderboard
 from sslbench.tools.records import RECORD_NAME, ResultRecord, read_record, utc_now, write_record
-from sslbench.tools.suite_launch import STDERR_TAIL, CommandOutcome, JobCommand, combine_outcomes
+from sslbench.tools.suite_launch import (
+    EXIT_STOPPED,
+    STDERR_TAIL,
+    CommandOutcome,
+    JobCommand,
+    combine_outcomes,
+)
 
 # suite task kind -> the sslbench subcommand that runs it
 TASK_COMMANDS = {"knn": "knn", "linear": "linear", "finetune": "finetune", "detection": "detect"}
@@ -60,6 +66,11 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _RESERVED = {"out", "seed", "seeds", "dataset", "root", "task", "resume"}
 _RESERVED_DETECTION = {"num-gpus", "num-machines", "machine-rank", "dist-url"}  # from gpus / nodes
 _RESOURCES = {"nodes", "tasks_per_node", "gpus_per_node"}  # submitit parameters from gpus / nodes
+
+
+class SuiteStopped(Exception):
+    """A stop signal (SIGTERM at a time limit, SIGUSR1) ended a job after it saved its state: the
+    suite stops too, and running it again continues that job."""
 
 
 @dataclass
@@ -414,6 +425,8 @@ def _run_local(jobs: Sequence[Job], report: SuiteReport, progress: SuiteProgress
         outcome = job.command.run_local()
         if outcome.returncode == 130:  # Ctrl-C in the command: stop the suite, record nothing
             raise KeyboardInterrupt
+        if outcome.returncode == EXIT_STOPPED:  # SIGTERM / SIGUSR1: the job saved its state
+            raise SuiteStopped(f"a stop signal ended {job.title} after it saved its state")
         _finish(job, outcome, started_at, started, report)
         progress.finished(time.time() - started)
     print(progress.line(), flush=True)

@@ -25,17 +25,22 @@ import contextlib
 import functools
 import io
 import os
+import signal
 import subprocess
 import sys
 import threading
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 RESUME_OPTION = "--resume"
+# what a training loop returns after a stop signal (SIGTERM / SIGUSR1) made it save its state and stop:
+# 128 + SIGTERM, the status schedulers requeue on
+EXIT_STOPPED = 143
 STDERR_TAIL = 4000
 
 
@@ -244,7 +249,11 @@ class JobCommand:
         resume = self.resumes()
         if self.continues():
             print(f"sslbench suite: continuing the earlier attempt in {self.out}", flush=True)
-        outcome = run_command(self.argv(resume, middle))
+        with _save_before_requeue() as preempted:
+            outcome = run_command(self.argv(resume, middle))
+        if preempted and outcome.returncode != 0:  # the loop saved and stopped: now submitit requeues
+            submitit_handler, signum, frame = preempted
+            submitit_handler(signum, frame)
         if self._requeued and outcome.system_exit:
             raise SystemExit(outcome.returncode)  # submitit's requeue exit: let it end the process
         return outcome
@@ -264,6 +273,37 @@ class JobCommand:
             "tasks_per_node": 1 if self.detection else self.gpus,
             "gpus_per_node": self.gpus,
         }
+
+
+@contextlib.contextmanager
+def _save_before_requeue() -> Iterator[list[Any]]:
+    """Within a submitit job: when submitit's preemption signal (USR2) comes while a training loop
+    catches the stop signals (SIGUSR1: save at the next step, then stop), pass it to the loop first;
+    the yielded list then holds ``(submitit's handler, signum, frame)`` for the caller to call once
+    the command has returned. Without such a loop, submitit's handler runs at once (the command
+    resumes from its last periodic save)."""
+    from submitit import JobEnvironment
+
+    preemption = getattr(signal, "SIG" + JobEnvironment.USR_SIG)
+    submitit_handler = signal.getsignal(preemption)
+    preempted: list[Any] = []
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        loop = signal.getsignal(signal.SIGUSR1)
+        if callable(loop) and loop is not handler and not preempted:
+            preempted.extend([submitit_handler, signum, frame])
+            loop(signal.SIGUSR1, frame)
+        elif callable(submitit_handler):
+            submitit_handler(signum, frame)
+
+    if not callable(submitit_handler):  # not inside a submitit job that handles preemption
+        yield preempted
+        return
+    signal.signal(preemption, handler)
+    try:
+        yield preempted
+    finally:
+        signal.signal(preemption, submitit_handler)
 
 
 def combine_outcomes(outcomes: Sequence[CommandOutcome]) -> CommandOutcome:
