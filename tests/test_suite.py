@@ -530,6 +530,11 @@ tasks:
     stdout, stderr = suite.communicate(timeout=600)
     assert suite.returncode == 0, stderr[-3000:]
     assert "suite: 1 ran, 0 already done, 0 failed" in stdout
+    assert (
+        "(1 node(s) x 2 task(s))" in stdout
+        and "suite progress: 0/1 jobs done (0 before this run), 1 running" in stdout
+    )
+    assert "suite progress: 1/1 jobs done" in stdout
 
     [job_log] = cluster.glob("submitit/*/*_0_log.out")
     text = job_log.read_text()
