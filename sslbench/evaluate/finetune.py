@@ -4,9 +4,13 @@ Protocol (ssl-transfer ``finetune.py``, Ericsson et al. CVPR 2021): the pretrain
 new ``Linear(D, C)`` head, all in train mode, SGD with Nesterov momentum 0.9 and weight decay on every
 parameter, batch 64, a fixed number of steps (5000) with a cosine schedule stepped every step
 (``CosineAnnealingLR(T_max=steps)``), RandomResizedCrop (bicubic) + flip. The VISSL schedule
-(multistep over epochs, lr scaled by batch / 256) is the same loop with other settings. With
-``method="coretuning"`` the loss is Core-tuning's (:mod:`sslbench.evaluate.coretuning`) and the
-head a bias-free ``Linear(D, C)`` plus the contrastive head, as in Vanint/Core-tuning.
+(multistep over epochs, lr scaled by batch / 256) is the same loop with other settings. Every step
+takes a full batch: the last partial batch of an epoch is dropped (:data:`LAST_PARTIAL_BATCH`;
+ssl-transfer's DataLoader keeps it), so that a global batch splits evenly across ranks. With
+``method="coretuning"`` the loss is Core-tuning's (:mod:`sslbench.evaluate.coretuning`; by default
+the reference code's loss reduction and CE mean, under which its published eta was tuned, and the
+slides' own-anchor hard positives) and the head a bias-free ``Linear(D, C)`` plus the contrastive
+head, as in Vanint/Core-tuning.
 
 Guarantees:
 
@@ -48,6 +52,10 @@ from sslbench.evaluate.metrics import AccuracyTally
 from sslbench.models.archs import feature_dim
 from sslbench.models.resnet import build_backbone
 
+# ssl-transfer's DataLoader (drop_last=False) also trains on the last partial batch of an epoch; ours
+# keeps every step a full global batch, which splitting it across ranks and mining Core-tuning's
+# hard pairs over the gathered batch rely on. Recorded in result.json.
+LAST_PARTIAL_BATCH = "dropped (every step a full batch; ssl-transfer's DataLoader keeps it)"
 METHODS = ("ce", "coretuning")
 SCHEDULES = ("cosine", "multistep")
 STATE_VERSION = 1
@@ -63,6 +71,26 @@ class CoreTuningSettings:
     min_negative_lambda: float = coretuning.MIN_NEGATIVE_LAMBDA
     contrast_dim: int = coretuning.CONTRAST_DIM
     mixing: bool = True  # hard positive / negative generation (False: only for ablations and tests)
+    # reference: Core-tuning.py's 1/N row mean, under which the published eta = 0.1 was tuned |
+    # paper: the slide's 1/|P_i| (~25-30x larger on typical batches)
+    reduction: str = coretuning.REDUCTIONS[0]
+    # own: z_i+ is a positive of its anchor i only (the slides) | same_class: of every same-class anchor
+    positives: str = coretuning.POSITIVES[0]
+    # joint: one CE mean over originals + generated (Core-tuning.py) | separate: the two means added (slides)
+    ce_mean: str = coretuning.CE_MEANS[0]
+
+    def problems(self) -> list[str]:
+        """The choices that are not one of their options, one phrase each naming the ``coretuning.*`` key."""
+        choices = (
+            ("reduction", coretuning.REDUCTIONS),
+            ("positives", coretuning.POSITIVES),
+            ("ce_mean", coretuning.CE_MEANS),
+        )
+        return [
+            f"coretuning.{key} {getattr(self, key)!r} is not one of {', '.join(allowed)}"
+            for key, allowed in choices
+            if getattr(self, key) not in allowed
+        ]
 
 
 @dataclass
@@ -219,6 +247,9 @@ class FinetuneModel(nn.Module):
             eta=self.core.eta,
             temperature=self.core.temperature,
             min_negative_lambda=self.core.min_negative_lambda,
+            reduction=self.core.reduction,
+            positives=self.core.positives,
+            ce_mean=self.core.ce_mean,
         )
         return {
             "loss": out.total,

@@ -4,7 +4,10 @@
   logistic regression (scikit-learn, L-BFGS, ``warm_start=True``, its default ``max_iter=100``),
   ``C = 1 / wd`` with wd over ``logspace(-6, 5, 45)`` in that order; the C with the best validation
   score (the dataset's headline metric; the first best wins, as ssl-transfer keeps a strictly
-  better one) is refit on train+val and scored on test once.
+  better one) is refit on train+val and scored on test once. The grid is built with ssl-transfer's
+  arithmetic (:func:`c_grid`: wd in float32, the reciprocal in float64): a float64 grid differs by
+  ~5e-8 relative, and through the warm starts and the capped iterations that can change the
+  chosen C and the test score by more than a point.
 * :func:`train_linear_head`: MoCo ``main_lincls.py`` (He et al. 2020). A ``Linear(D, C)`` head
   (weights N(0, 0.01), bias 0) on the frozen backbone kept in eval mode (BN statistics fixed),
   SGD lr 30, momentum 0.9, weight decay 0, batch 256, 100 epochs, lr x0.1 at epochs 60 and 80,
@@ -36,13 +39,17 @@ from sslbench.evaluate.metrics import AccuracyTally
 WD_RANGE = (-6.0, 5.0)  # ssl-transfer: wd = 1/C over logspace(-6, 5, 45)
 C_GRID_SIZE = 45
 LBFGS_MAX_ITER = 100  # scikit-learn's default, which ssl-transfer keeps
+C_GRID_ARITHMETIC = "wd = torch.logspace(-6, 5, N) in float32; C = 1 / wd in float64 (ssl-transfer)"
 
 
 def c_grid(size: int = C_GRID_SIZE) -> list[float]:
-    """``C = 1 / wd`` for wd over ``logspace(-6, 5, size)``, in ssl-transfer's order (wd rising)."""
+    """``C = 1 / wd`` for wd over ``logspace(-6, 5, size)``, in ssl-transfer's order (wd rising) and
+    with its arithmetic: wd is ``torch.logspace`` in float32 (torch's default dtype) and each C the
+    float64 reciprocal of one float32 value (ssl-transfer: ``C = 1. / wd.item()``)."""
     if size < 1:
         raise ValueError("the C grid needs at least one value")
-    return [float(1.0 / wd) for wd in np.logspace(*WD_RANGE, size)]
+    wds = torch.logspace(*WD_RANGE, size, dtype=torch.float32)
+    return [1.0 / wd for wd in wds.tolist()]  # tolist(): the exact float32 values as Python floats
 
 
 @dataclass
