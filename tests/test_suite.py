@@ -550,3 +550,16 @@ tasks:
     kept = torch.load(run / "best.pth", weights_only=True)["model"]
     expected = torch.load(reference / "best.pth", weights_only=True)["model"]
     assert kept.keys() == expected.keys() and all(_same_bytes(kept[k], v) for k, v in expected.items())
+
+
+def test_the_suite_eta_is_the_mean_job_time_times_the_jobs_left_or_once_when_they_run_side_by_side() -> None:
+    progress = suite_module.SuiteProgress(total=6, done_before=2)
+    progress.started -= 400  # the suite started 400 s ago
+    assert progress.line().endswith("4 to go; elapsed 0:06:40; ETA after the first job")
+    progress.finished(100)
+    progress.finished(200)  # mean 150 s, 2 jobs left
+    assert "4/6 jobs done (2 before this run), 2 to go; elapsed 0:06:40; ETA 0:05:00" in progress.line()
+    progress.started += 300  # submitted together 100 s ago: each ends ~150 s after submission
+    assert "2 running, 2 to go; elapsed 0:01:40; ETA 0:00:50 (side by side" in progress.line(
+        2, side_by_side=True
+    )

@@ -383,7 +383,9 @@ class SuiteProgress:
     def finished(self, seconds: float) -> None:
         self.durations.append(seconds)
 
-    def line(self, running: int = 0) -> str:
+    def line(self, running: int = 0, side_by_side: bool = False) -> str:
+        """``side_by_side``: the remaining jobs were all submitted when the suite started (submitit),
+        so each is expected to end one mean duration after that, not one after another."""
         done = self.done_before + len(self.durations)
         remaining = self.total - done
         elapsed = time.monotonic() - self.started
@@ -392,7 +394,11 @@ class SuiteProgress:
         text += f", {remaining} to go; elapsed {_clock(elapsed)}"
         if remaining and self.durations:
             mean = sum(self.durations) / len(self.durations)
-            text += f"; ETA {_clock(mean * remaining)} ({_clock(mean)} per job so far)"
+            if side_by_side:
+                eta = max(mean - elapsed, 0.0)
+                text += f"; ETA {_clock(eta)} (side by side; {_clock(mean)} per job from submission)"
+            else:
+                text += f"; ETA {_clock(mean * remaining)} ({_clock(mean)} per job so far)"
         elif remaining:
             text += "; ETA after the first job"
         return text
@@ -474,7 +480,7 @@ def _run_submitit(
         shape = f"{job.task.nodes} node(s) x {job.command.resources()['tasks_per_node']} task(s)"
         print(f"suite: submitted {job.title} as job {handle.job_id} ({shape})", flush=True)
         pending.append((job, handle, started_at, started))
-    print(progress.line(running=len(pending)), flush=True)
+    print(progress.line(len(pending), side_by_side=True), flush=True)
     last_line = time.monotonic()
     while pending:
         finished = [entry for entry in pending if entry[1].done()]
@@ -486,7 +492,7 @@ def _run_submitit(
             state = "failed" if report.failed and report.failed[-1][0] is job else "ok"
             print(f"suite: job {handle.job_id} ({job.title}) finished: {state}", flush=True)
         if finished or time.monotonic() - last_line >= heartbeat_seconds:
-            print(progress.line(running=len(pending)), flush=True)
+            print(progress.line(len(pending), side_by_side=True), flush=True)
             last_line = time.monotonic()
         if pending:
             time.sleep(poll_seconds)
