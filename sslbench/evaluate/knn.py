@@ -26,11 +26,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from sslbench.evaluate.metrics import AccuracyTally
-
-# (k, T): DINO eval_knn (k in 10, 20, 100, 200; T=0.07) and InstDisc (k=200, T=0.1)
-KNN_SETTINGS: tuple[tuple[int, float], ...] = ((10, 0.07), (20, 0.07), (100, 0.07), (200, 0.07), (200, 0.1))
-PRIMARY_SETTING = (20, 0.07)  # DINO: "20 is usually working the best"
-QUERY_CHUNK = 4096  # queries per search: FAISS's own BLAS query block size
+from sslbench.evaluate.protocol_defaults import KNN_SETTINGS, QUERY_CHUNK
 
 
 @dataclass
