@@ -21,6 +21,7 @@ from sslbench.errors import SslbenchError
 from sslbench.evaluate import cli as evaluate_cli
 from sslbench.evaluate import finetune_cli
 from sslbench.pretrain import cli as pretrain_cli
+from sslbench.runtime.signals import EXIT_INTERRUPTED, TrainingInterrupted
 from sslbench.tools import cli as tools_cli
 from sslbench.transfer import cli as transfer_cli
 
@@ -67,6 +68,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_command_line(argv)
     try:
         return int(args.run(args) or 0)
+    except TrainingInterrupted as exc:  # saved; a requeued job continues with --resume
+        print(f"sslbench {args.command}: {exc}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except SslbenchError as exc:
         print(f"sslbench {args.command}: error: {exc}", file=sys.stderr)
         return 2

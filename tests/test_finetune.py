@@ -26,7 +26,6 @@ from sslbench.evaluate.finetune import (
     CoreTuningSettings,
     FinetuneModel,
     RunSettings,
-    StepBatches,
     build_finetune_model,
     finetune,
 )
@@ -325,17 +324,6 @@ def test_step_zero_check_refuses_a_backbone_that_is_not_the_checkpoints(checkpoi
     missing = dataclasses.replace(ckpt, state_dict={k: v for k, v in other.items() if k != "conv1.weight"})
     with pytest.raises(CheckpointError, match="does not load strictly"):
         build_finetune_model(missing, 4, "ce", CoreTuningSettings(), seed=0)
-
-
-def test_step_batches_resume_mid_epoch_and_split_a_global_batch_across_ranks() -> None:
-    whole = list(StepBatches(23, 8, seed=5, start_step=0, end_step=9))
-    assert all(len(b) == 8 for b in whole)  # 2 full batches per epoch; the 7 left over are dropped
-    assert [b[0][1] for b in whole] == [0, 0, 1, 1, 2, 2, 3, 3, 4]
-    assert len({i for i, _ in whole[0] + whole[1]}) == 16  # no repeats within an epoch
-    assert list(StepBatches(23, 8, seed=5, start_step=3, end_step=9)) == whole[3:]
-    ranks = [list(StepBatches(23, 8, 5, 0, 9, rank=r, world_size=2)) for r in (0, 1)]
-    for step, batch in enumerate(whole):
-        assert sorted(ranks[0][step] + ranks[1][step]) == sorted(batch)
 
 
 def test_ssl_transfer_grid_is_four_lrs_by_five_weight_decays_divided_by_lr() -> None:

@@ -1,7 +1,9 @@
 """``sslbench knn`` and ``sslbench linear``: thin commands around the probes of ``evaluate/``.
 
 Each reads any checkpoint, computes (or reads from the feature cache) the features of the splits
-its protocol needs, runs the probe and writes ``--out/result.json``.
+its protocol needs, runs the probe and writes ``--out/result.json``. Under ``torchrun`` the features
+are extracted by every rank (each its shard) and the SGD probe trains in DDP; rank 0 runs the
+kNN / L-BFGS probe and writes the record.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from sslbench.evaluate.protocol_defaults import (
     QUERY_CHUNK,
     SgdSettings,
 )
+from sslbench.runtime.arguments import add_runtime_arguments
 
 KNN_SOURCE = "DINO eval_knn.py (Caron et al. 2021); k=200, T=0.1 from InstDisc (Wu et al. 2018)"
 LBFGS_SOURCE = "ssl-transfer linear.py (Ericsson et al. CVPR 2021)"
@@ -44,6 +47,7 @@ class _Run:
 
     args: argparse.Namespace
     ckpt: Any  # CanonicalCheckpoint
+    runtime: Any  # Runtime
     device: Any  # torch.device
     cache: Any  # FeatureCache | None
     options: dict[str, Any]
@@ -54,23 +58,24 @@ class _Run:
         """The dataset split and its features (from the cache when there)."""
         from sslbench.data.registry import build_dataset
         from sslbench.data.transforms import describe_transform
-        from sslbench.evaluate.features import FeatureKey, amp_enabled, split_features
+        from sslbench.evaluate.features import FeatureKey, split_features
+        from sslbench.runtime.precision import Precision
 
         args = self.args
         dataset = build_dataset(args.dataset, args.root, split, transform, **self.options)
         if len(dataset) == 0:
             raise ConfigError(f"{args.dataset}: the {split} split is empty under {args.root}")
-        precision = "bf16-autocast" if amp_enabled(self.device) else "fp32"
+        precision = Precision(self.device).name
         key = FeatureKey.of(
             self.ckpt.sha256, dataset, args.root, self.options, describe_transform(transform), precision
         )
         features = split_features(
-            dataset, key, self.model, self.cache, self.device, args.batch_size, args.workers
+            dataset, key, self.model, self.cache, self.runtime, args.batch_size, args.workers
         )
         return dataset, features
 
 
-def _open_run(args: argparse.Namespace) -> _Run:
+def _open_run(args: argparse.Namespace, runtime: Any) -> _Run:
     import torch
 
     from sslbench.checkpoints.cli import checkpoint_from_args
@@ -82,9 +87,6 @@ def _open_run(args: argparse.Namespace) -> _Run:
     started_at = utc_now()
     if args.image_size < 8 or args.batch_size < 1 or args.workers < 0:
         raise ConfigError("--image-size must be >= 8, --batch-size >= 1 and --workers >= 0")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA device is visible")
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     ckpt = checkpoint_from_args(args)
 
     def backbone() -> torch.nn.Module:
@@ -96,7 +98,8 @@ def _open_run(args: argparse.Namespace) -> _Run:
         args.cache_dir if args.cache_dir is not None else Path(args.out).resolve().parent / ".feature_cache"
     )
     cache = None if args.no_cache else FeatureCache(cache_dir)
-    return _Run(args, ckpt, device, cache, dataset_options_from_args(args), lazy(backbone), started_at)
+    options = dataset_options_from_args(args)
+    return _Run(args, ckpt, runtime, runtime.device, cache, options, lazy(backbone), started_at)
 
 
 def _dataset_record(
@@ -123,14 +126,15 @@ def _dataset_record(
 
 def _common_settings(run: _Run, transform: Any) -> dict[str, Any]:
     from sslbench.data.transforms import describe_transform
-    from sslbench.evaluate.features import amp_enabled
+    from sslbench.runtime.precision import Precision
 
     return {
         "image_size": run.args.image_size,
         "transform": describe_transform(transform),
         "features": "avgpool of the canonical backbone, frozen, eval mode",
-        "precision": "bf16-autocast" if amp_enabled(run.device) else "fp32",
+        "precision": Precision(run.device).name,
         "device": str(run.device),
+        "world_size": run.runtime.world,
     }
 
 
@@ -142,6 +146,13 @@ def _print_metrics(label: str, metrics: dict[str, float]) -> None:
 
 
 def run_knn(args: argparse.Namespace) -> int:
+    from sslbench.runtime.process import launched
+
+    with launched(args.device) as runtime:
+        return _run_knn(args, runtime)
+
+
+def _run_knn(args: argparse.Namespace, runtime: Any) -> int:
     from sslbench.data.transforms import eval_transform, resize_for_crop
     from sslbench.evaluate.features import describe_splits
     from sslbench.evaluate.knn import index_description, knn_classify, use_gpu_index
@@ -151,10 +162,12 @@ def run_knn(args: argparse.Namespace) -> int:
     primary = args.primary
     if primary not in settings:
         raise ConfigError(f"--primary {primary[0]}:{primary[1]} is not among the --knn settings")
-    run = _open_run(args)
+    run = _open_run(args, runtime)
     transform = eval_transform(args.image_size)
     train_ds, train = run.split("trainval", transform)
     test_ds, test = run.split("test", transform)
+    if not runtime.main:
+        return 0
     outcomes = knn_classify(
         train.features, train.labels, test.features, test.labels, settings, args.chunk_size, progress=True
     )
@@ -201,6 +214,8 @@ def _linear_lbfgs(args: argparse.Namespace, run: _Run) -> Any:
     transform = lbfgs_transform(args.image_size)
     parts = {split: run.split(split, transform) for split in ("train", "val", "trainval", "test")}
     test_ds = parts["test"][0]
+    if not run.runtime.main:
+        return None
 
     def arrays(split: str) -> tuple[np.ndarray, np.ndarray]:
         features = parts[split][1]
@@ -240,15 +255,20 @@ def _linear_lbfgs(args: argparse.Namespace, run: _Run) -> Any:
 
 
 def _linear_sgd(args: argparse.Namespace, run: _Run) -> Any:
-    import torch
-    from torch.utils.data import DataLoader
 
     from sslbench.data.registry import build_dataset
     from sslbench.data.transforms import describe_transform, eval_transform, train_transform
     from sslbench.evaluate.features import describe_splits
-    from sslbench.evaluate.linear import SgdSettings, check_backbone_unchanged, head_scores, train_linear_head
+    from sslbench.evaluate.linear import (
+        SgdSettings,
+        check_backbone_unchanged,
+        epoch_loaders,
+        head_scores,
+        train_linear_head,
+    )
     from sslbench.evaluate.metrics import accuracy_metrics
     from sslbench.models.archs import feature_dim
+    from sslbench.runtime.progress import MetricsLog
 
     settings = SgdSettings(
         epochs=args.epochs,
@@ -261,20 +281,9 @@ def _linear_sgd(args: argparse.Namespace, run: _Run) -> Any:
     )
     augment = train_transform(args.image_size, settings.crop_scale)
     trainval = build_dataset(args.dataset, args.root, "trainval", augment, **run.options)
-    test_ds, test = run.split("test", eval_transform(args.image_size))
 
-    def loader_for_epoch(epoch: int) -> DataLoader:
-        generator = torch.Generator().manual_seed(settings.seed * 1000 + epoch)
-        return DataLoader(
-            trainval,
-            batch_size=settings.batch_size,
-            shuffle=True,
-            num_workers=args.workers,
-            pin_memory=run.device.type == "cuda",
-            drop_last=False,
-            generator=generator,
-        )
-
+    runtime = run.runtime
+    loader_for_epoch = epoch_loaders(trainval, settings, runtime, args.workers)
     backbone = run.model()
     state_path = Path(args.out) / "linear_state.pth"
     fingerprint = {
@@ -286,14 +295,20 @@ def _linear_sgd(args: argparse.Namespace, run: _Run) -> Any:
     sgd = train_linear_head(
         backbone,
         feature_dim(run.ckpt.arch),
-        test_ds.num_classes,
+        trainval.num_classes,
         loader_for_epoch,
         settings,
         run.device,
         state_path,
         fingerprint,
+        runtime=runtime,
+        allow_change=args.allow_config_change,
+        metrics=MetricsLog(Path(args.out), runtime.main, args.tensorboard),
     )
     check_backbone_unchanged(backbone, run.ckpt.state_dict)
+    test_ds, test = run.split("test", eval_transform(args.image_size))  # a collective under DDP
+    if not runtime.main:
+        return None
     metrics = accuracy_metrics(head_scores(sgd.head, test.features), test.labels)
     protocol_settings = {
         **settings.as_dict(),
@@ -309,6 +324,7 @@ def _linear_sgd(args: argparse.Namespace, run: _Run) -> Any:
         "history": sgd.history,
         "resumed_from_epoch": sgd.resumed_from,
         "sanity_check": "backbone unchanged",
+        "config_changes": sgd.config_changes,
         "state": str(state_path),
         "features": describe_splits([("test", test)]),
     }
@@ -316,11 +332,21 @@ def _linear_sgd(args: argparse.Namespace, run: _Run) -> Any:
 
 
 def run_linear(args: argparse.Namespace) -> int:
+    from sslbench.runtime.process import launched
+
+    with launched(args.device) as runtime:
+        return _run_linear(args, runtime)
+
+
+def _run_linear(args: argparse.Namespace, runtime: Any) -> int:
     from sslbench.tools.records import ResultRecord, write_record
 
-    run = _open_run(args)
+    run = _open_run(args, runtime)
     probe = _linear_lbfgs if args.protocol == "lbfgs" else _linear_sgd
-    (name, source, settings), train_ds, test_ds, metrics, extra = probe(args, run)
+    outcome = probe(args, run)
+    if outcome is None:  # not the main rank: its share is done
+        return 0
+    (name, source, settings), train_ds, test_ds, metrics, extra = outcome
     _print_metrics(f"linear {args.protocol}", metrics)
     record = ResultRecord(
         task="linear",
@@ -397,4 +423,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument(
         "--crop-scale", type=float, default=d.crop_scale[0], help="RandomResizedCrop min scale (FT repo: 0.2)"
     )
+    add_runtime_arguments(g)
     p.set_defaults(run=run_linear)

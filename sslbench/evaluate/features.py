@@ -2,7 +2,9 @@
 
 :func:`extract_features` is a plain function (DINO ``eval_knn.extract_features``): the model's
 output for every batch of a loader, ``(N, D)`` float32, with the labels ``(N,)``. On CUDA it
-runs in ``torch.inference_mode`` with bf16 autocast and channels_last.
+runs in ``torch.inference_mode`` with bf16 autocast and channels_last. Under ``torchrun``
+(:func:`extract_split`) each rank extracts a contiguous shard of the split and the shards are
+gathered back in dataset order on every rank: the same matrix as one process.
 
 :class:`FeatureCache` stores one file per :class:`FeatureKey` (checkpoint sha256, dataset, root,
 options, split, transform, precision, and a fingerprint of the split's labels) under a cache
@@ -23,18 +25,18 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
-from tqdm import tqdm
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from sslbench.atomic import torch_save
 from sslbench.data.base import LabeledImages
+from sslbench.errors import ConfigError
+from sslbench.runtime.collectives import gather_rows
+from sslbench.runtime.precision import Precision
+from sslbench.runtime.process import Runtime
+from sslbench.runtime.progress import Progress
+from sslbench.runtime.sampling import shard
 
 CACHE_VERSION = 1
-
-
-def amp_enabled(device: torch.device) -> bool:
-    """bf16 autocast on CUDA; CPU runs in float32."""
-    return device.type == "cuda"
 
 
 def extract_features(
@@ -46,22 +48,19 @@ def extract_features(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``model(images)`` for every batch of ``loader``: features ``(N, D)`` float32 on the CPU and
     labels ``(N,)`` int64, in the loader's order. ``model`` is put in eval mode on ``device``."""
-    device = torch.device(device)
-    cuda = device.type == "cuda"
-    model = model.eval().to(device)
-    if cuda:
-        model = model.to(memory_format=torch.channels_last)
+    precision = Precision(torch.device(device))
+    model = precision.model(model.eval())
     features: list[torch.Tensor] = []
     labels: list[torch.Tensor] = []
+    bar = Progress(len(loader), desc, images_per_step=loader.batch_size or 0, enabled=progress)
     with torch.inference_mode():
-        for images, targets in tqdm(loader, desc=desc, unit="batch", disable=not progress, file=sys.stderr):
-            images = images.to(device, non_blocking=True)
-            if cuda:
-                images = images.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp_enabled(device)):
-                output = model(images)
+        for images, targets in loader:
+            with precision.autocast():
+                output = model(precision.images(images))
             features.append(output.float().flatten(1).cpu())
             labels.append(torch.as_tensor(targets, dtype=torch.long))
+            bar.update()
+    bar.close()
     if not features:
         raise ValueError("the loader yielded no batches")
     return torch.cat(features), torch.cat(labels)
@@ -161,36 +160,60 @@ class SplitFeatures:
         }
 
 
+def extract_split(
+    model: nn.Module,
+    dataset: Dataset,
+    batch_size: int,
+    workers: int,
+    runtime: Runtime,
+    progress: bool = True,
+    desc: str = "features",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features ``(N, D)`` and labels ``(N,)`` of ``dataset`` in its order. Under DDP each rank
+    extracts its contiguous shard and every rank gets the whole matrix back (a collective)."""
+    size = len(dataset)  # type: ignore[arg-type]
+    if size < runtime.world:
+        raise ConfigError(f"{size} images cannot be shared by {runtime.world} processes")
+    part = Subset(dataset, list(shard(size, runtime.rank, runtime.world)))
+    loader = DataLoader(
+        part,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        pin_memory=runtime.device.type == "cuda",
+        persistent_workers=False,
+    )
+    features, labels = extract_features(model, loader, runtime.device, progress, desc)
+    return gather_rows(features, runtime), gather_rows(labels, runtime)
+
+
 def split_features(
     dataset: LabeledImages,
     key: FeatureKey,
     model: Callable[[], nn.Module],
     cache: FeatureCache | None,
-    device: torch.device,
+    runtime: Runtime,
     batch_size: int,
     workers: int,
     progress: bool = True,
 ) -> SplitFeatures:
-    """Features of ``dataset`` (its transform applied), from ``cache`` when it holds ``key``, else
-    extracted with the backbone ``model()`` returns (called only then) and stored."""
-    if cache is not None and (hit := cache.load(key)) is not None:
+    """Features of ``dataset`` (its transform applied), from ``cache`` when it holds ``key`` (on every
+    rank), else extracted with the backbone ``model()`` returns (called only then), sharded over the
+    ranks under DDP, and stored by the main rank."""
+    hit = cache.load(key) if cache is not None else None
+    # every rank must take the same branch: the extraction is a collective
+    if not runtime.any(hit is None) and hit is not None and cache is not None:
         return SplitFeatures(hit[0], hit[1], True, cache.path(key))
-    loader = DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=workers,
-        pin_memory=device.type == "cuda",
-        persistent_workers=False,
-    )
-    features, labels = extract_features(
-        model(), loader, device, progress, f"features {key.dataset}/{key.split}"
-    )
+    desc = f"features {key.dataset}/{key.split}"
+    show = progress and runtime.main
+    features, labels = extract_split(model(), dataset, batch_size, workers, runtime, show, desc)
     if labels.tolist() != dataset.targets:
         raise RuntimeError(
             f"{key.dataset}/{key.split}: the loader's labels differ from the dataset's targets"
         )
-    path = cache.save(key, features, labels) if cache is not None else None
+    path = cache.path(key) if cache is not None else None
+    if cache is not None and runtime.main:
+        cache.save(key, features, labels)
     return SplitFeatures(features, labels, False, path)
 
 

@@ -16,32 +16,30 @@ Guarantees:
 
 * The backbone is loaded with ``strict=True`` and, before the first step of a fresh run, every
   backbone tensor is compared with the checkpoint's (:func:`check_backbone_matches`).
-* Resumable: the state (model, optimizer, scheduler, step, history) is written atomically every
-  ``save_every`` steps and at the end. Data order and augmentation are functions of
-  ``(seed, step)`` and ``(seed, epoch, sample)`` (:class:`StepBatches`, :class:`SeededSamples`) and
-  Core-tuning's draws of ``(seed, step, rank)``, so a resumed run repeats the uninterrupted one.
+* Resumable: the state (model, optimizer, scheduler, step, history, the open history interval) is
+  written atomically every ``save_every`` steps, at the end, and on SIGTERM / SIGUSR1 (then the
+  command exits 143). Data order and augmentation are functions of ``(seed, step)`` and
+  ``(seed, epoch, sample)`` (:mod:`sslbench.runtime.sampling`) and Core-tuning's draws of
+  ``(seed, step)``, so a resumed run repeats the uninterrupted one.
 * CUDA: bf16 autocast for the backbone and channels_last; the losses run in float32.
   Launched by ``torchrun`` (``WORLD_SIZE > 1``) the model is wrapped in DDP, each global batch is
   split across ranks and the test tallies are summed over ranks; rank 0 writes the files.
+  Core-tuning mines its hard pairs and computes its loss over the whole global batch
+  (:func:`~sslbench.runtime.collectives.gather_for_global_loss`): N ranks give the one-process loss.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import torch.distributed as torch_dist
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
-from tqdm import tqdm
 
 from sslbench.atomic import torch_save
 from sslbench.checkpoints.canonical import CanonicalCheckpoint, tensors_differing
@@ -51,6 +49,13 @@ from sslbench.evaluate import coretuning
 from sslbench.evaluate.metrics import AccuracyTally
 from sslbench.models.archs import feature_dim
 from sslbench.models.resnet import build_backbone
+from sslbench.runtime.collectives import gather_for_global_loss, gather_rows
+from sslbench.runtime.precision import Precision, autocast_for
+from sslbench.runtime.process import Runtime
+from sslbench.runtime.progress import MetricsLog, Progress
+from sslbench.runtime.resume import change_entry, check_fingerprint, read_state
+from sslbench.runtime.sampling import SeededBatches, SeededSamples, shard
+from sslbench.runtime.signals import STOP_CHECK_EVERY, TrainingInterrupted, catch_stop_signals
 
 # ssl-transfer's DataLoader (drop_last=False) also trains on the last partial batch of an epoch; ours
 # keeps every step a full global batch, which splitting it across ranks and mining Core-tuning's
@@ -131,67 +136,6 @@ class RunSettings:
         return asdict(self)
 
 
-# ---------------------------------------------------------------- data order and augmentation
-
-
-class StepBatches:
-    """Batch sampler over ``[start_step, end_step)``: step ``s`` takes batch ``s % E`` of epoch
-    ``s // E`` of a permutation seeded by ``(seed, epoch)``, ``E = max(1, N // batch_size)`` (the last
-    incomplete batch of an epoch is dropped, so every step sees a full batch). Under DDP, rank ``r``
-    takes ``batch[r::world_size]``. Yields ``[(index, epoch), ...]`` for :class:`SeededSamples`."""
-
-    def __init__(
-        self,
-        num_samples: int,
-        batch_size: int,
-        seed: int,
-        start_step: int,
-        end_step: int,
-        rank: int = 0,
-        world_size: int = 1,
-    ) -> None:
-        if num_samples < 1:
-            raise ConfigError("cannot fine-tune on an empty split")
-        self.num_samples, self.batch_size, self.seed = num_samples, batch_size, seed
-        self.start_step, self.end_step = start_step, end_step
-        self.rank, self.world_size = rank, world_size
-        self.steps_per_epoch = max(1, num_samples // batch_size)
-
-    def permutation(self, epoch: int) -> torch.Tensor:
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        return torch.randperm(self.num_samples, generator=generator)
-
-    def __len__(self) -> int:
-        return max(0, self.end_step - self.start_step)
-
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        epoch, order = -1, torch.empty(0, dtype=torch.long)
-        for step in range(self.start_step, self.end_step):
-            e, k = divmod(step, self.steps_per_epoch)
-            if e != epoch:
-                epoch, order = e, self.permutation(e)
-            batch = order[k * self.batch_size : (k + 1) * self.batch_size][self.rank :: self.world_size]
-            yield [(int(i), epoch) for i in batch]
-
-
-class SeededSamples(Dataset):
-    """``dataset[index]`` with the CPU RNG seeded from ``(seed, epoch, index)`` for the transform, and
-    restored afterwards: augmentation depends on neither the worker count nor the resume point."""
-
-    def __init__(self, dataset: Dataset, seed: int) -> None:
-        self.dataset, self.seed = dataset, seed
-
-    def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
-
-    def __getitem__(self, key: tuple[int, int]) -> Any:
-        index, epoch = key
-        sample_seed = int(np.random.SeedSequence([self.seed, epoch, index]).generate_state(1)[0])
-        with torch.random.fork_rng(devices=[]):
-            torch.default_generator.manual_seed(sample_seed)
-            return self.dataset[index]
-
-
 # ---------------------------------------------------------------- model
 
 
@@ -199,13 +143,16 @@ class FinetuneModel(nn.Module):
     """Backbone -> ``(B, D)`` features -> classifier; Core-tuning adds the contrastive head.
 
     ``forward(images)`` gives logits ``(B, C)``; ``forward(images, labels, draws)`` the training
-    loss terms (so that DDP sees one forward per step)."""
+    loss terms (so that DDP sees one forward per step). Under DDP (``runtime`` with several ranks)
+    Core-tuning's loss is over the global batch: ``draws`` are for the global batch, every rank's
+    local batch has the same size and the returned logits are the local rows."""
 
     def __init__(
         self, backbone: nn.Module, dim: int, num_classes: int, method: str, core: CoreTuningSettings
     ) -> None:
         super().__init__()
         self.method, self.num_classes, self.core = method, num_classes, core
+        self.runtime = Runtime()  # set by :func:`finetune` to the run's
         self.backbone = backbone
         # ssl-transfer: nn.Linear(feature_dim, C); Core-tuning: nn.Linear(2048, C, bias=False)
         self.classifier = nn.Linear(dim, num_classes, bias=method == "ce")
@@ -214,8 +161,7 @@ class FinetuneModel(nn.Module):
         )
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        cuda = images.device.type == "cuda"
-        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=cuda):
+        with autocast_for(images):
             return self.backbone(images).float().flatten(1)
 
     def forward(
@@ -237,9 +183,11 @@ class FinetuneModel(nn.Module):
                 "logits": logits,
             }
         assert self.contrast_head is not None
+        every = gather_for_global_loss(features, self.runtime)
+        every_labels = gather_rows(labels, self.runtime)
         out = coretuning.coretuning_loss(
-            features,
-            labels,
+            every,
+            every_labels,
             self.classifier,
             self.contrast_head,
             self.num_classes,
@@ -251,11 +199,12 @@ class FinetuneModel(nn.Module):
             positives=self.core.positives,
             ce_mean=self.core.ce_mean,
         )
+        local = slice(self.runtime.rank * len(labels), (self.runtime.rank + 1) * len(labels))
         return {
             "loss": out.total,
             "ce": out.ce.detach(),
             "contrastive": out.contrastive.detach(),
-            "logits": out.logits,
+            "logits": out.logits[local],
         }
 
 
@@ -297,47 +246,6 @@ def save_finetuned(model: FinetuneModel, arch: str, path: Path, extra: dict[str,
     return path
 
 
-# ---------------------------------------------------------------- distribution
-
-
-@dataclass(frozen=True)
-class Distributed:
-    """This process's place in a ``torchrun`` launch (rank 0 of 1 when not launched by it)."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.enabled:
-            torch_dist.barrier()
-
-
-def init_distributed(device: torch.device | None) -> tuple[Distributed, torch.device]:
-    """Join the process group when launched by ``torchrun`` (``WORLD_SIZE > 1``): NCCL with one GPU per
-    process on CUDA, Gloo on the CPU. Returns the context and this process's device."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if device is None:
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if world_size <= 1:
-        return Distributed(), device
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    if device.type == "cuda":
-        torch.cuda.set_device(local_rank)
-        device = torch.device("cuda", local_rank)
-    if not torch_dist.is_initialized():
-        torch_dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Distributed(rank, world_size, local_rank), device
-
-
 # ---------------------------------------------------------------- training
 
 
@@ -346,21 +254,133 @@ class FinetuneRun:
     model: FinetuneModel
     history: list[dict[str, float]]  # per saved interval: step, lr, mean loss terms, train top-1
     resumed_from: int  # steps already done when this call started
+    config_changes: list[dict[str, Any]] = field(default_factory=list)  # allowed on resume
 
 
 StepHook = Callable[[int, FinetuneModel], None]
 
 
-def _load_state(path: Path, fingerprint: dict[str, Any]) -> dict[str, Any] | None:
-    if not path.is_file():
+def _load_state(path: Path, fingerprint: dict[str, Any], allow_change: bool) -> dict[str, Any] | None:
+    state = read_state(path)
+    if state is None:
         return None
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if state.get("version") != STATE_VERSION or state.get("fingerprint") != fingerprint:
-        raise ConfigError(
-            f"{path}: holds a fine-tuning run of other settings, checkpoint or data; "
-            "use another --out folder (or delete the file to start over)"
-        )
+    if state.get("version") != STATE_VERSION or not isinstance(state.get("fingerprint"), dict):
+        raise CheckpointError(f"{path}: not a fine-tuning state of this sslbench; delete it to start over")
+    changes = check_fingerprint(path, state["fingerprint"], fingerprint, "a fine-tuning run", allow_change)
+    if changes:
+        state["config_changes"] = [
+            *state.get("config_changes", []),
+            change_entry(int(state["step"]), changes),
+        ]
     return state
+
+
+class _Interval:
+    """The history's running sums since the last saved row: loss, ce, contrastive, correct, seen."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.sums = torch.zeros(5, device=device)
+
+    def add(self, out: dict[str, torch.Tensor], labels: torch.Tensor) -> None:
+        n = len(labels)
+        correct = (out["logits"].detach().argmax(1) == labels).sum().float()
+        self.sums += torch.stack(
+            [out["loss"].detach() * n, out["ce"] * n, out["contrastive"] * n, correct, correct.new_tensor(n)]
+        )
+
+    def total(self, runtime: Runtime) -> list[float]:
+        """The sums over every rank (a collective under DDP); then zero here."""
+        totals = runtime.sum(self.sums).tolist()
+        self.sums = torch.zeros_like(self.sums)
+        return totals
+
+
+class _RunState:
+    """One fine-tuning run's optimizer, schedule, history and open interval; saves and restores them."""
+
+    def __init__(
+        self,
+        model: FinetuneModel,
+        settings: RunSettings,
+        runtime: Runtime,
+        fingerprint: dict[str, Any],
+        state_path: Path | None,
+    ) -> None:
+        self.model, self.settings, self.runtime = model, settings, runtime
+        self.fingerprint, self.state_path = fingerprint, state_path
+        self.optimizer = torch.optim.SGD(
+            model.parameters(),
+            lr=settings.lr,
+            momentum=settings.momentum,
+            nesterov=settings.nesterov,
+            weight_decay=settings.weight_decay,
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, settings.lr_factor)
+        self.run = FinetuneRun(model, [], 0)
+        self.interval = _Interval(runtime.device)
+
+    def restore(self, allow_change: bool, initial_backbone: dict[str, torch.Tensor] | None) -> None:
+        """Continue from the saved state if there is one, else check the backbone of a fresh run."""
+        path = self.state_path
+        state = _load_state(path, self.fingerprint, allow_change) if path is not None else None
+        if state is None:
+            if initial_backbone is not None:
+                check_backbone_matches(self.model.backbone, initial_backbone)
+            return
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.run.history, self.run.resumed_from = list(state["history"]), int(state["step"])
+        self.run.config_changes = list(state.get("config_changes", []))
+        if self.runtime.main and "interval" in state:  # the open interval's sums, over all ranks
+            self.interval.sums = state["interval"].to(self.runtime.device)
+
+    def train_step(self, net: nn.Module, images: torch.Tensor, labels: torch.Tensor, step: int) -> None:
+        draws = None
+        if self.settings.method == "coretuning":
+            global_batch = len(labels) * self.runtime.world  # equal shares: see SeededBatches
+            alpha = self.settings.coretuning.alpha
+            draws = coretuning.draw_mixing(global_batch, alpha, (self.settings.seed, step))
+        out = net(images, labels, draws)
+        self.optimizer.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        self.interval.add(out, labels)
+
+    def save(self, step: int, interrupted: bool = False) -> dict[str, float] | None:
+        """Close the interval into a history row (kept open when ``interrupted``) and write the state
+        (main rank); returns the row."""
+        totals = self.interval.total(self.runtime)
+        row = None
+        if not interrupted:
+            seen = max(totals[4], 1.0)
+            row = {
+                "step": step,
+                "lr": self.optimizer.param_groups[0]["lr"],
+                "loss": totals[0] / seen,
+                "ce": totals[1] / seen,
+                "contrastive": totals[2] / seen,
+                "train_top1": 100.0 * totals[3] / seen,
+            }
+            self.run.history.append(row)
+        if self.state_path is not None and self.runtime.main:
+            torch_save(
+                {
+                    "version": STATE_VERSION,
+                    "fingerprint": self.fingerprint,
+                    "step": step,
+                    "model": self.model.state_dict(),
+                    "optimizer": self.optimizer.state_dict(),
+                    "scheduler": self.scheduler.state_dict(),
+                    "history": self.run.history,
+                    "interval": torch.tensor(totals if interrupted else [0.0] * 5),
+                    "config_changes": self.run.config_changes,
+                },
+                self.state_path,
+            )
+        self.runtime.barrier()
+        return row
 
 
 def finetune(
@@ -373,132 +393,66 @@ def finetune(
     initial_backbone: dict[str, torch.Tensor] | None = None,
     on_step: StepHook | None = None,
     workers: int = 0,
-    dist: Distributed = Distributed(),
+    runtime: Runtime | None = None,
     progress: bool = True,
     desc: str = "fine-tune",
+    allow_change: bool = False,
+    metrics: MetricsLog | None = None,
 ) -> FinetuneRun:
     """Train ``model`` on ``train_data`` (augmenting transform; ``(image, label)`` samples) for
-    ``settings.steps`` steps, resuming from ``state_path`` when it holds the same ``fingerprint``.
+    ``settings.steps`` steps, resuming from ``state_path`` when it holds the same ``fingerprint``
+    (another one is refused unless ``allow_change``).
 
     ``initial_backbone``: the checkpoint's tensors, checked against the backbone before step 0 of a
-    fresh run. ``on_step(step, model)`` is called before each step's forward (tests use it)."""
+    fresh run. ``on_step(step, model)`` is called before each step's forward (tests use it).
+    ``runtime``: the process's place in a ``torchrun`` launch (default: one process on ``device``).
+    A stop signal saves the state and raises :class:`TrainingInterrupted`."""
+    runtime = runtime if runtime is not None else Runtime(device=device)
+    precision = Precision(device)
+    model = precision.model(model)
+    model.runtime = runtime
     fingerprint = {"settings": settings.as_dict(), **(fingerprint or {})}
-    cuda = device.type == "cuda"
-    model = model.to(device)
-    if cuda:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(
-        model.parameters(),
-        lr=settings.lr,
-        momentum=settings.momentum,
-        nesterov=settings.nesterov,
-        weight_decay=settings.weight_decay,
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, settings.lr_factor)
-    history: list[dict[str, float]] = []
-    state = _load_state(state_path, fingerprint) if state_path is not None else None
-    start = 0
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        history, start = list(state["history"]), int(state["step"])
-    elif initial_backbone is not None:
-        check_backbone_matches(model.backbone, initial_backbone)
-
-    net: nn.Module = model
-    if dist.enabled:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
-    sampler = StepBatches(
-        len(train_data),  # type: ignore[arg-type]
+    state = _RunState(model, settings, runtime, fingerprint, state_path)
+    state.restore(allow_change, initial_backbone)
+    start = state.run.resumed_from
+    net = runtime.wrap(model)
+    sampler = SeededBatches(
+        len(train_data),
         settings.batch_size,
         settings.seed,
         start,
         settings.steps,
-        dist.rank,
-        dist.world_size,
+        runtime.rank,
+        runtime.world,
     )
     loader = DataLoader(
         SeededSamples(train_data, settings.seed),
         batch_sampler=sampler,
         num_workers=workers,
-        pin_memory=cuda,
+        pin_memory=device.type == "cuda",
         persistent_workers=False,
     )
-    sums = torch.zeros(4, device=device)  # loss, ce, contrastive, correct
-    seen = 0
-
-    def save(step: int) -> None:
-        nonlocal sums, seen
-        if dist.enabled:  # the history is over all ranks' samples
-            sums = torch.cat([sums, torch.tensor([float(seen)], device=device)])
-            torch_dist.all_reduce(sums)
-            sums, seen = sums[:4], int(sums[4])
-        totals = sums.tolist()
-        history.append(
-            {
-                "step": step,
-                "lr": optimizer.param_groups[0]["lr"],
-                "loss": totals[0] / max(seen, 1),
-                "ce": totals[1] / max(seen, 1),
-                "contrastive": totals[2] / max(seen, 1),
-                "train_top1": 100.0 * totals[3] / max(seen, 1),
-            }
-        )
-        sums, seen = torch.zeros(4, device=device), 0
-        if state_path is not None and dist.is_main:
-            torch_save(
-                {
-                    "version": STATE_VERSION,
-                    "fingerprint": fingerprint,
-                    "step": step,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "history": history,
-                },
-                state_path,
-            )
-        dist.barrier()
-
-    bar = tqdm(
-        total=settings.steps, initial=start, desc=desc, unit="step", disable=not progress, file=sys.stderr
-    )
-    step = start
-    for images, labels in loader:
-        if on_step is not None:
-            on_step(step, model)
-        model.train()
-        images = images.to(device, non_blocking=True)
-        labels = torch.as_tensor(labels, dtype=torch.long).to(device, non_blocking=True)
-        if cuda:
-            images = images.contiguous(memory_format=torch.channels_last)
-        draws = None
-        if settings.method == "coretuning":
-            draws = coretuning.draw_mixing(
-                len(labels), settings.coretuning.alpha, (settings.seed, step, dist.rank)
-            )
-        out = net(images, labels, draws)
-        optimizer.zero_grad(set_to_none=True)
-        out["loss"].backward()
-        optimizer.step()
-        scheduler.step()
-        n = len(labels)
-        sums += torch.stack(
-            [
-                out["loss"].detach() * n,
-                out["ce"] * n,
-                out["contrastive"] * n,
-                (out["logits"].detach().argmax(1) == labels).sum().float(),
-            ]
-        )
-        seen += n
-        step += 1
-        bar.update(1)
-        if step % settings.save_every == 0 or step == settings.steps:
-            save(step)
+    bar = Progress(settings.steps, desc, start, settings.batch_size, enabled=progress)
+    with catch_stop_signals() as stop:
+        for step, (images, labels) in enumerate(loader, start):
+            if on_step is not None:
+                on_step(step, model)
+            model.train()
+            labels = torch.as_tensor(labels, dtype=torch.long).to(device, non_blocking=True)
+            state.train_step(net, precision.images(images), labels, step)
+            done = step + 1
+            bar.update()
+            saved = done % settings.save_every == 0 or done == settings.steps
+            if saved and (row := state.save(done)) is not None and metrics is not None:
+                metrics.write(desc, done, **{k: v for k, v in row.items() if k != "step"})
+            sync_point = saved or done % STOP_CHECK_EVERY == 0
+            if done < settings.steps and stop.requested(runtime, at_sync_point=sync_point):
+                bar.close()
+                if not saved:
+                    state.save(done, interrupted=True)
+                raise TrainingInterrupted(f"fine-tuning ({desc})", state_path or Path("(no state)"), done)
     bar.close()
-    return FinetuneRun(model, history, start)
+    return state.run
 
 
 @torch.no_grad()
@@ -509,30 +463,29 @@ def evaluate(
     device: torch.device,
     batch_size: int = 64,
     workers: int = 0,
-    dist: Distributed = Distributed(),
+    runtime: Runtime | None = None,
     progress: bool = True,
     desc: str = "evaluate",
 ) -> dict[str, float]:
     """top1 / top5 / mean_per_class (percent) of ``model`` on ``dataset`` (eval transform), eval mode.
-    Under DDP each rank scores ``dataset[rank::world_size]`` and the tallies are summed."""
-    model = model.eval().to(device)
-    cuda = device.type == "cuda"
-    indices = list(range(dist.rank, len(dataset), dist.world_size))  # type: ignore[arg-type]
-    loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, num_workers=workers, pin_memory=cuda)
+    Under DDP each rank scores its shard of ``dataset`` and the tallies are summed."""
+    runtime = runtime if runtime is not None else Runtime(device=device)
+    precision = Precision(device)
+    model = precision.model(model.eval())
+    indices = list(shard(len(dataset), runtime.rank, runtime.world))  # type: ignore[arg-type]
+    loader = DataLoader(
+        Subset(dataset, indices), batch_size=batch_size, num_workers=workers, pin_memory=device.type == "cuda"
+    )
     tally = AccuracyTally(num_classes)
-    for images, labels in tqdm(loader, desc=desc, unit="batch", disable=not progress, file=sys.stderr):
-        images = images.to(device, non_blocking=True)
-        if cuda:
-            images = images.contiguous(memory_format=torch.channels_last)
-        tally.update(model(images).float().cpu(), torch.as_tensor(labels, dtype=torch.long))
-    if dist.enabled:
-        counts = torch.tensor([tally.total, *tally.hits.values()], dtype=torch.long)
-        per_class = torch.stack([tally.class_count, tally.class_correct])
-        if cuda:
-            counts, per_class = counts.to(device), per_class.to(device)
-        torch_dist.all_reduce(counts)
-        torch_dist.all_reduce(per_class)
-        counts, per_class = counts.cpu(), per_class.cpu()
+    bar = Progress(len(loader), desc, images_per_step=batch_size, enabled=progress)
+    for images, labels in loader:
+        tally.update(model(precision.images(images)).float().cpu(), torch.as_tensor(labels, dtype=torch.long))
+        bar.update()
+    bar.close()
+    if runtime.distributed:
+        counts = torch.tensor([tally.total, *tally.hits.values()], dtype=torch.long, device=device)
+        per_class = torch.stack([tally.class_count, tally.class_correct]).to(device)
+        counts, per_class = runtime.sum(counts).cpu(), runtime.sum(per_class).cpu()
         tally.total = int(counts[0])
         tally.hits = {k: int(v) for k, v in zip(tally.hits, counts[1:].tolist(), strict=True)}
         tally.class_count, tally.class_correct = per_class[0], per_class[1]

@@ -16,6 +16,7 @@ from sslbench.checkpoints.cli import add_checkpoint_arguments
 from sslbench.commandline import add_out_argument, add_overrides_argument, deprecated
 from sslbench.data.cli import add_dataset_arguments
 from sslbench.errors import ConfigError
+from sslbench.runtime.arguments import add_runtime_arguments
 
 DEFAULT_CONFIG = "ssl_transfer"
 
@@ -65,7 +66,7 @@ def run_finetune(args: argparse.Namespace, on_step: Any = None) -> int:
     from sslbench.data.registry import DATASETS, build_dataset
     from sslbench.data.transforms import describe_transform, eval_transform, lbfgs_transform, train_transform
     from sslbench.evaluate.cli import _dataset_record, _print_metrics
-    from sslbench.evaluate.finetune import LAST_PARTIAL_BATCH, init_distributed
+    from sslbench.evaluate.finetune import LAST_PARTIAL_BATCH
     from sslbench.evaluate.finetune_grid import (
         CORETUNING_SOURCE,
         FinetuneConfig,
@@ -73,6 +74,9 @@ def run_finetune(args: argparse.Namespace, on_step: Any = None) -> int:
         Splits,
         run_protocol,
     )
+    from sslbench.runtime.precision import Precision
+    from sslbench.runtime.process import start_runtime
+    from sslbench.runtime.progress import MetricsLog
     from sslbench.tools.records import ResultRecord, utc_now, write_record
 
     started_at = utc_now()
@@ -80,16 +84,15 @@ def run_finetune(args: argparse.Namespace, on_step: Any = None) -> int:
     config = load_config(FinetuneConfig, config_path, _overrides(args)).check()
     if args.workers < 0:
         raise ConfigError("--workers must be >= 0")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA device is visible")
     out = Path(args.out)
     if _has_previous_run(out) and not args.resume:
         raise ConfigError(
             f"{out}: holds a previous fine-tune run; pass --resume to continue it, or use another --out"
         )
-    dist, device = init_distributed(torch.device(args.device) if args.device else None)
-    if dist.enabled and config.batch_size % dist.world_size:
-        raise ConfigError(f"batch size {config.batch_size} is not divisible by {dist.world_size} processes")
+    runtime = start_runtime(args.device)
+    device = runtime.device
+    if config.batch_size % runtime.world:
+        raise ConfigError(f"batch size {config.batch_size} is not divisible by {runtime.world} processes")
     ckpt = checkpoint_from_args(args)
     options = dataset_options_from_args(args)
 
@@ -118,7 +121,7 @@ def run_finetune(args: argparse.Namespace, on_step: Any = None) -> int:
         "sizes": sizes,
         "train_transform": describe_transform(augment),
         "test_transform": describe_transform(plain),
-        "world_size": dist.world_size,
+        "world_size": runtime.world,
     }
     select = DATASETS[args.dataset].headline_metric
     protocol = Protocol(
@@ -132,15 +135,18 @@ def run_finetune(args: argparse.Namespace, on_step: Any = None) -> int:
         seed=args.seed,
         eval_batch_size=config.batch_size,
         workers=args.workers,
-        dist=dist,
+        runtime=runtime,
         on_step=on_step,
+        allow_change=args.allow_config_change,
+        metrics=MetricsLog(out, runtime.main, args.tensorboard),
     )
     try:
         outcome = run_protocol(protocol)
     finally:
-        if dist.enabled:
+        protocol.metrics.close()  # type: ignore[union-attr]
+        if runtime.distributed:
             torch.distributed.destroy_process_group()
-    if not dist.is_main:
+    if not runtime.main:
         return 0
 
     for row in outcome.grid:
@@ -170,9 +176,9 @@ def run_finetune(args: argparse.Namespace, on_step: Any = None) -> int:
         "test_transform": fingerprint["test_transform"],
         "optimizer": "SGD, Nesterov momentum, weight decay on every parameter",
         "test_metric_step": "last",
-        "precision": "bf16-autocast" if device.type == "cuda" else "fp32",
+        "precision": Precision(device).name,
         "device": str(device),
-        "world_size": dist.world_size,
+        "world_size": runtime.world,
         "config_file": str(config_path),
     }
     if config.method != "coretuning":
@@ -233,4 +239,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--resume", action="store_true", help="continue the run in --out (skips finished grid points)"
     )
+    add_runtime_arguments(p)
     p.set_defaults(run=run_finetune)

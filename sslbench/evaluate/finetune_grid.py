@@ -17,7 +17,8 @@ ever chosen on the test split.
 
 from __future__ import annotations
 
-import json
+import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,6 @@ from sslbench.evaluate.finetune import (
     METHODS,
     SCHEDULES,
     CoreTuningSettings,
-    Distributed,
     RunSettings,
     StepHook,
     build_finetune_model,
@@ -41,6 +41,9 @@ from sslbench.evaluate.finetune import (
     finetune,
     save_finetuned,
 )
+from sslbench.runtime.process import Runtime
+from sslbench.runtime.progress import Eta, MetricsLog
+from sslbench.runtime.resume import change_entry, check_fingerprint, read_json_result
 
 SSL_TRANSFER_SOURCE = "ssl-transfer finetune.py (Ericsson et al. CVPR 2021)"
 CORETUNING_SOURCE = "Core-tuning (Zhang et al. NeurIPS 2021), Vanint/Core-tuning Core-tuning.py"
@@ -127,7 +130,7 @@ class FinetuneConfig:
 
     def run_settings(self, lr: float, weight_decay: float, num_samples: int, seed: int) -> RunSettings:
         """The settings of one run on a split of ``num_samples`` (epochs and milestones -> steps)."""
-        per_epoch = max(1, num_samples // self.batch_size)  # StepBatches drops the incomplete batch
+        per_epoch = max(1, num_samples // self.batch_size)  # SeededBatches drops the incomplete batch
         unit = per_epoch if self.epochs > 0 else 1
         scale = self.batch_size / self.lr_reference_batch if self.lr_reference_batch > 0 else 1.0
         return RunSettings(
@@ -180,9 +183,11 @@ class Protocol:
     seed: int = 0
     eval_batch_size: int = 64
     workers: int = 0
-    dist: Distributed = field(default_factory=Distributed)
+    runtime: Runtime = field(default_factory=Runtime)
     on_step: StepHook | None = None
     progress: bool = True
+    allow_change: bool = False  # --allow-config-change: resume a run whose settings changed
+    metrics: MetricsLog | None = None  # OUT/metrics.jsonl (and TensorBoard)
 
 
 @dataclass
@@ -211,13 +216,13 @@ def _run_point(
     settings = config.run_settings(lr, weight_decay, len(train), protocol.seed)  # type: ignore[arg-type]
     fingerprint = {**protocol.fingerprint, "scored_split": scored_split, "settings": settings.as_dict()}
     result_path = folder / POINT_RESULT
-    if result_path.is_file():
-        done = json.loads(result_path.read_text(encoding="utf-8"))
-        if done.get("fingerprint") != json.loads(json.dumps(fingerprint)):
-            raise ConfigError(
-                f"{result_path}: a finished run of other settings, checkpoint or data; "
-                "use another --out folder (or delete it to start over)"
-            )
+    done = read_json_result(result_path)
+    if done is not None:
+        changes = check_fingerprint(
+            result_path, done.get("fingerprint", {}), fingerprint, "a finished run", protocol.allow_change
+        )
+        if changes:  # allowed: the finished result stands, and says what changed after it
+            done["config_changes"] = [*done.get("config_changes", []), change_entry(settings.steps, changes)]
         if keep is None or keep.is_file():
             return {**done, "skipped": True}
     model = build_finetune_model(
@@ -233,9 +238,11 @@ def _run_point(
         initial_backbone=protocol.ckpt.state_dict,
         on_step=protocol.on_step,
         workers=protocol.workers,
-        dist=protocol.dist,
-        progress=protocol.progress and protocol.dist.is_main,
+        runtime=protocol.runtime,
+        progress=protocol.progress and protocol.runtime.main,
         desc=f"{folder.name} lr={lr:.3g} wd={weight_decay:.3g}",
+        allow_change=protocol.allow_change,
+        metrics=protocol.metrics,
     )
     metrics = evaluate(
         run.model,
@@ -244,8 +251,8 @@ def _run_point(
         protocol.device,
         protocol.eval_batch_size,
         protocol.workers,
-        protocol.dist,
-        progress=protocol.progress and protocol.dist.is_main,
+        protocol.runtime,
+        progress=protocol.progress and protocol.runtime.main,
         desc=f"{folder.name} {scored_split}",
     )
     result = {
@@ -257,9 +264,12 @@ def _run_point(
         "metrics": metrics,
         "history": run.history,
         "resumed_from_step": run.resumed_from,
+        "config_changes": run.config_changes,
         "fingerprint": fingerprint,
     }
-    if protocol.dist.is_main:
+    if protocol.metrics is not None:
+        protocol.metrics.write(folder.name, settings.steps, split=scored_split, **metrics)
+    if protocol.runtime.main:
         if keep is not None:
             save_finetuned(
                 run.model,
@@ -276,21 +286,41 @@ def _run_point(
             )
         write_json(result_path, result)
         (folder / "state.pth").unlink(missing_ok=True)
-    protocol.dist.barrier()
+    protocol.runtime.barrier()
     return {**result, "skipped": False}
+
+
+def _grid_eta(protocol: Protocol, points: int, searched: bool) -> Eta:
+    """An ETA over every run of the protocol: ``points`` grid runs on train, then the final run."""
+    config, splits = protocol.config, protocol.splits
+    per_point = config.run_settings(1.0, 0.0, len(splits.train), protocol.seed).steps  # type: ignore[arg-type]
+    final = config.run_settings(1.0, 0.0, len(splits.trainval), protocol.seed).steps  # type: ignore[arg-type]
+    return Eta(points * per_point + final if searched else final)
+
+
+def _timed_point(protocol: Protocol, eta: Eta, *point: Any, **options: Any) -> dict[str, Any]:
+    """:func:`_run_point`, then a line with the ETA of the whole protocol (main rank)."""
+    started = time.monotonic()
+    done = _run_point(protocol, *point, **options)
+    eta.add(done["steps"], None if done["skipped"] else time.monotonic() - started)
+    if protocol.runtime.main and protocol.progress:
+        print(eta.line("fine-tune protocol"), file=sys.stderr, flush=True)
+    return done
 
 
 def run_protocol(protocol: Protocol) -> Outcome:
     """The grid on (train -> val) unless lr and wd are given, then (trainval -> test) at the best point."""
     config, splits, out = protocol.config.check(), protocol.splits, protocol.out
     grid_rows: list[dict[str, Any]] = []
-    if config.lr is not None and config.weight_decay is not None:
+    searched = config.lr is None or config.weight_decay is None
+    eta = _grid_eta(protocol, len(config.grid()), searched)
+    if not searched:
         lr, weight_decay = config.lr, config.weight_decay
     else:
         best, best_score = None, float("-inf")
         for i, (point_lr, point_wd) in enumerate(config.grid()):
             folder = out / "grid" / f"{i:02d}_lr{point_lr:.3g}_wd{point_wd:.3g}"
-            done = _run_point(protocol, folder, splits.train, splits.val, "val", point_lr, point_wd)
+            done = _timed_point(protocol, eta, folder, splits.train, splits.val, "val", point_lr, point_wd)
             score = done["metrics"][protocol.select_metric]
             grid_rows.append(
                 {
@@ -305,6 +335,9 @@ def run_protocol(protocol: Protocol) -> Outcome:
                 best, best_score = (point_lr, point_wd), score
         assert best is not None
         lr, weight_decay = best
+    assert lr is not None and weight_decay is not None
     keep = out / BEST_CHECKPOINT
-    final = _run_point(protocol, out / "final", splits.trainval, splits.test, "test", lr, weight_decay, keep)
+    final = _timed_point(
+        protocol, eta, out / "final", splits.trainval, splits.test, "test", lr, weight_decay, keep=keep
+    )
     return Outcome(grid_rows, lr, weight_decay, final, final["metrics"], keep)

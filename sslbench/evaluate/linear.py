@@ -11,14 +11,16 @@
 * :func:`train_linear_head`: MoCo ``main_lincls.py`` (He et al. 2020). A ``Linear(D, C)`` head
   (weights N(0, 0.01), bias 0) on the frozen backbone kept in eval mode (BN statistics fixed),
   SGD lr 30, momentum 0.9, weight decay 0, batch 256, 100 epochs, lr x0.1 at epochs 60 and 80,
-  RandomResizedCrop 224 + flip. The state is saved every epoch and a rerun resumes from it; at the
-  end :func:`check_backbone_unchanged` compares every backbone tensor with the checkpoint's
-  (MoCo's ``sanity_check``).
+  RandomResizedCrop 224 + flip. The state is saved every epoch and a rerun resumes from it (a stop
+  signal exits 143 and the rerun redoes the unfinished epoch); at the end
+  :func:`check_backbone_unchanged` compares every backbone tensor with the checkpoint's (MoCo's
+  ``sanity_check``). Under ``torchrun`` the head is in DDP and each global batch is split across the
+  ranks (as ``main_lincls.py`` does); the loss is scaled so that the averaged gradient is the
+  gradient of the global batch's mean loss, whatever the ranks' shares.
 """
 
 from __future__ import annotations
 
-import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,15 +29,26 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
-from tqdm import tqdm
+from torch.utils.data import DataLoader, Dataset
 
 from sslbench.atomic import torch_save
 from sslbench.checkpoints.canonical import tensors_differing
 from sslbench.errors import ConfigError
 from sslbench.evaluate.metrics import AccuracyTally
 from sslbench.evaluate.protocol_defaults import C_GRID_SIZE, LBFGS_MAX_ITER, WD_RANGE, SgdSettings
+from sslbench.runtime.precision import Precision
+from sslbench.runtime.process import Runtime
+from sslbench.runtime.progress import MetricsLog, Progress, tracked
+from sslbench.runtime.resume import change_entry, check_fingerprint, read_state
+from sslbench.runtime.sampling import SeededBatches, SeededSamples, steps_per_epoch
+from sslbench.runtime.signals import (
+    STOP_CHECK_EVERY,
+    StopSignal,
+    TrainingInterrupted,
+    catch_stop_signals,
+)
 
 C_GRID_ARITHMETIC = "wd = torch.logspace(-6, 5, N) in float32; C = 1 / wd in float64 (ssl-transfer)"
 
@@ -98,7 +111,7 @@ def lbfgs_probe(
     best_c, best_score = cs[0], -1.0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # as ssl-transfer: max_iter is the protocol
-        for c in tqdm(cs, desc="C sweep", disable=not progress, file=sys.stderr):
+        for c in tracked(cs, "C sweep", progress):
             clf.set_params(C=c)
             clf.fit(*train)
             metrics, _ = _evaluate(clf, *val, num_classes)
@@ -126,6 +139,69 @@ class SgdRun:
     head: nn.Linear
     history: list[dict[str, float]] = field(default_factory=list)  # per epoch: loss, lr, train top-1
     resumed_from: int = 0  # epochs already done when this run started
+    config_changes: list[dict[str, Any]] = field(default_factory=list)  # allowed on resume
+
+
+def epoch_loaders(
+    dataset: Dataset, settings: SgdSettings, runtime: Runtime, workers: int = 0
+) -> Callable[[int], DataLoader]:
+    """``loader(epoch)``: this rank's share of each global batch of ``settings.batch_size`` in
+    ``epoch``, seeded by (seed, epoch) and augmented by (seed, epoch, index) whatever the world size
+    (:mod:`sslbench.runtime.sampling`); the last, incomplete batch is kept (main_lincls: drop_last
+    False)."""
+    if settings.batch_size % runtime.world:
+        raise ConfigError(f"--batch-size {settings.batch_size} is not divisible by {runtime.world} processes")
+    size = len(dataset)  # type: ignore[arg-type]
+    per_epoch = steps_per_epoch(size, settings.batch_size, runtime.world, drop_last=False)
+    samples = SeededSamples(dataset, settings.seed)
+
+    def loader(epoch: int) -> DataLoader:
+        batches = SeededBatches(
+            size,
+            settings.batch_size,
+            settings.seed,
+            epoch * per_epoch,
+            (epoch + 1) * per_epoch,
+            runtime.rank,
+            runtime.world,
+            drop_last=False,
+        )
+        pin = runtime.device.type == "cuda"
+        return DataLoader(samples, batch_sampler=batches, num_workers=workers, pin_memory=pin)
+
+    return loader
+
+
+def _probe_loss(
+    logits: torch.Tensor, labels: torch.Tensor, runtime: Runtime
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The loss to back-propagate and the summed loss of the local samples (for the history).
+
+    One process: the mean cross-entropy. Under DDP the global batch's mean is the sum over ranks of
+    ``CE_sum_r / n``; DDP averages the ranks' gradients, so each rank back-propagates
+    ``world * CE_sum_r / n`` (``n``: the global batch, counted over the ranks)."""
+    if not runtime.distributed:
+        loss = F.cross_entropy(logits, labels)
+        return loss, loss.detach() * len(labels)
+    count = runtime.sum(torch.tensor(float(len(labels)), device=logits.device))
+    summed = F.cross_entropy(logits, labels, reduction="sum")
+    return summed * runtime.world / count, summed.detach()
+
+
+def _load_probe_state(
+    path: Path | None, fingerprint: dict[str, Any], allow_change: bool
+) -> dict[str, Any] | None:
+    state = read_state(path) if path is not None else None
+    if state is None:
+        return None
+    assert path is not None
+    changes = check_fingerprint(
+        path, state.get("fingerprint", {}), fingerprint, "a linear probe", allow_change
+    )
+    if changes:
+        entry = change_entry(len(state["history"]), changes)
+        state["config_changes"] = [*state.get("config_changes", []), entry]
+    return state
 
 
 def train_linear_head(
@@ -138,89 +214,119 @@ def train_linear_head(
     state_path: Path | None = None,
     fingerprint: dict[str, Any] | None = None,
     progress: bool = True,
+    runtime: Runtime | None = None,
+    allow_change: bool = False,
+    metrics: MetricsLog | None = None,
 ) -> SgdRun:
     """Train a linear head on ``backbone`` (frozen, eval mode) for ``settings.epochs`` epochs over
-    ``loader_for_epoch(epoch)``; resume from ``state_path`` when it holds the same ``fingerprint``."""
+    ``loader_for_epoch(epoch)`` (this rank's share of each global batch under DDP); resume from
+    ``state_path`` when it holds the same ``fingerprint`` (another is refused unless ``allow_change``)."""
+    runtime = runtime if runtime is not None else Runtime(device=device)
     torch.manual_seed(settings.seed)
-    backbone = backbone.eval().to(device)
+    precision = Precision(device)
+    backbone = precision.model(backbone.eval())
     for p in backbone.parameters():
         p.requires_grad_(False)
-    cuda = device.type == "cuda"
-    if cuda:
-        backbone = backbone.to(memory_format=torch.channels_last)
     head = linear_head(feature_dim, num_classes).to(device)
+    net = runtime.wrap(head)
     optimizer = torch.optim.SGD(
         head.parameters(), lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay
     )
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, settings.milestone_epochs(), settings.gamma)
     run = SgdRun(head)
     fingerprint = {"settings": settings.as_dict(), **(fingerprint or {})}
-    if state_path is not None and state_path.is_file():
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
-        if state.get("fingerprint") != fingerprint:
-            raise ConfigError(
-                f"{state_path}: holds a linear probe of other settings, checkpoint or data; "
-                "use another --out folder (or delete the file to start over)"
-            )
+    state = _load_probe_state(state_path, fingerprint, allow_change)
+    if state is not None:
         head.load_state_dict(state["head"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
         run.history = list(state["history"])
         run.resumed_from = len(run.history)
+        run.config_changes = list(state.get("config_changes", []))
 
-    loss_fn = nn.CrossEntropyLoss()
-    for epoch in range(run.resumed_from, settings.epochs):
-        head.train()
-        # summed on the device: no host sync per step
-        total_loss = torch.zeros((), device=device)
-        correct = torch.zeros((), dtype=torch.long, device=device)
-        seen = 0
-        lr = optimizer.param_groups[0]["lr"]
-        batches = tqdm(
-            loader_for_epoch(epoch),
-            desc=f"linear epoch {epoch + 1}/{settings.epochs}",
-            unit="batch",
-            disable=not progress,
-            file=sys.stderr,
-        )
-        for images, labels in batches:
-            images = images.to(device, non_blocking=True)
-            labels = torch.as_tensor(labels, dtype=torch.long).to(device, non_blocking=True)
-            if cuda:
-                images = images.contiguous(memory_format=torch.channels_last)
-            with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
-                features = backbone(images)
-            logits = head(features.float().flatten(1))
-            loss = loss_fn(logits, labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total_loss += loss.detach() * len(labels)
-            correct += (logits.detach().argmax(1) == labels).sum()
-            seen += len(labels)
-        scheduler.step()
-        run.history.append(
-            {
-                "epoch": epoch + 1,
-                "lr": lr,
-                "loss": float(total_loss) / seen,
-                "train_top1": 100.0 * int(correct) / seen,
-            }
-        )
-        if state_path is not None:
-            torch_save(
-                {
-                    "fingerprint": fingerprint,
-                    "head": head.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "rng": torch.get_rng_state(),
-                    "history": run.history,
-                },
-                state_path,
-            )
+    with catch_stop_signals() as stop:
+        for epoch in range(run.resumed_from, settings.epochs):
+            lr = optimizer.param_groups[0]["lr"]
+            desc = f"linear epoch {epoch + 1}/{settings.epochs}"
+            bar = Progress(len(loader := loader_for_epoch(epoch)), desc, 0, settings.batch_size, progress)
+            sums = _train_epoch(backbone, net, optimizer, loader, precision, runtime, stop, bar)
+            bar.close()
+            if sums is None:
+                raise TrainingInterrupted(
+                    f"the linear probe (epoch {epoch + 1})",
+                    state_path or Path("(no state file)"),
+                    bar.step,
+                    f" at the end of epoch {epoch}; the rerun redoes epoch {epoch + 1}",
+                )
+            scheduler.step()
+            row = _epoch_row(epoch, lr, *sums, runtime)
+            run.history.append(row)
+            if metrics is not None:
+                metrics.write("linear", epoch + 1, **{k: v for k, v in row.items() if k != "epoch"})
+            if state_path is not None and runtime.main:
+                torch_save(
+                    {
+                        "fingerprint": fingerprint,
+                        "head": head.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "rng": torch.get_rng_state(),
+                        "history": run.history,
+                        "config_changes": run.config_changes,
+                    },
+                    state_path,
+                )
+            runtime.barrier()
     return run
+
+
+def _train_epoch(
+    backbone: nn.Module,
+    head: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loader: DataLoader,
+    precision: Precision,
+    runtime: Runtime,
+    stop: StopSignal,
+    bar: Progress,
+) -> tuple[torch.Tensor, torch.Tensor, int] | None:
+    """One epoch of SGD on ``head`` over the frozen ``backbone``'s features: the summed loss, the
+    correct count (both on the device: no host sync per step) and the sample count; ``None`` when a
+    stop signal ended it early."""
+    head.train()
+    total_loss = torch.zeros((), device=precision.device)
+    correct = torch.zeros((), dtype=torch.long, device=precision.device)
+    seen = 0
+    for step, (images, labels) in enumerate(loader, 1):
+        labels = torch.as_tensor(labels, dtype=torch.long).to(precision.device, non_blocking=True)
+        with torch.no_grad(), precision.autocast():
+            features = backbone(precision.images(images))
+        logits = head(features.float().flatten(1))
+        loss, summed = _probe_loss(logits, labels, runtime)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total_loss += summed
+        correct += (logits.detach().argmax(1) == labels).sum()
+        seen += len(labels)
+        bar.update()
+        if stop.requested(runtime, at_sync_point=step % STOP_CHECK_EVERY == 0):
+            return None
+    return total_loss, correct, seen
+
+
+def _epoch_row(
+    epoch: int, lr: float, total_loss: torch.Tensor, correct: torch.Tensor, seen: int, runtime: Runtime
+) -> dict[str, float]:
+    """The history row of one epoch: mean loss and train top-1 over every rank's samples."""
+    if runtime.distributed:
+        totals = torch.stack([total_loss.double(), correct.double(), total_loss.new_tensor(seen).double()])
+        runtime.sum(totals)
+        loss_sum, hits, seen = float(totals[0]), int(totals[1]), int(totals[2])
+    else:
+        loss_sum, hits = float(total_loss), int(correct)
+    return {"epoch": epoch + 1, "lr": lr, "loss": loss_sum / seen, "train_top1": 100.0 * hits / seen}
 
 
 def check_backbone_unchanged(backbone: nn.Module, reference: dict[str, torch.Tensor]) -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-import numpy as np
 import torch
 from PIL import Image, ImageFilter
 from torch import Tensor
@@ -23,6 +22,7 @@ from torchvision import transforms as T
 
 from sslbench.data.base import LabeledImages
 from sslbench.pretrain.config import AugmentConfig
+from sslbench.runtime.sampling import sample_rng
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -81,7 +81,5 @@ class SeededTwoCrops(torch.utils.data.Dataset):
     def __getitem__(self, item: tuple[int, int]) -> tuple[Tensor, Tensor]:
         epoch, index = item
         image = self.images.load_image(index).convert("RGB")
-        view_seed = int(np.random.SeedSequence([self.seed, epoch, index]).generate_state(1, np.uint64)[0])
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(view_seed)
+        with sample_rng(self.seed, epoch, index):
             return self.augment(image), self.augment(image)

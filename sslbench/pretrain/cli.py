@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from sslbench.commandline import add_out_argument, add_overrides_argument, deprecated
-
-# 128 + SIGTERM: the conventional status of a job stopped by SIGTERM (schedulers requeue on it).
-EXIT_SIGTERM = 143
+from sslbench.runtime.arguments import add_runtime_arguments
 
 
 def run_pretrain(args: argparse.Namespace) -> int:
     from sslbench.pretrain.config import load_pretrain_config
-    from sslbench.pretrain.train import PretrainingInterrupted, run_pretraining
+    from sslbench.pretrain.train import run_pretraining
 
     overrides = list(args.overrides)
     if any(o.startswith("out=") for o in overrides):
@@ -22,11 +19,10 @@ def run_pretrain(args: argparse.Namespace) -> int:
     if args.out is not None:
         overrides.append(f"out={args.out}")
     cfg = load_pretrain_config(args.config, overrides)
-    try:
-        checkpoint = run_pretraining(cfg, resume=args.resume)
-    except PretrainingInterrupted as exc:
-        print(f"sslbench pretrain: {exc}", file=sys.stderr)
-        return EXIT_SIGTERM
+    # a stop signal: saved, and sslbench.cli.main exits 143 (runtime.signals)
+    checkpoint = run_pretraining(
+        cfg, resume=args.resume, allow_config_change=args.allow_config_change, tensorboard=args.tensorboard
+    )
     print(f"wrote {checkpoint}")
     return 0
 
@@ -56,6 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_overrides_argument(p, "config overrides, e.g. data.root=DIR epochs=N ft.dim_mask=both")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint_last.pth")
+    add_runtime_arguments(p)
     p.set_defaults(run=run_pretrain)
 
     p = subparsers.add_parser(

@@ -6,9 +6,10 @@
   so a resumed run sees the same views without replaying the data it skips.
 * Optimisation as in MoCo's ``main_moco.py``: SGD (momentum 0.9, wd 1e-4) on the query encoder,
   lr = ``optim.lr`` x global batch / 256, set at the start of each epoch (cosine or step schedule).
-* GPU: bf16 autocast (the logits and FT stay in fp32) and channels_last; DDP over NCCL.
+* GPU: bf16 autocast (the logits and FT stay in fp32) and channels_last; DDP over NCCL. Process
+  group, precision, sampling, resume and signals come from :mod:`sslbench.runtime`.
 * Checkpoints (``<out>/checkpoint_last.pth``, our ``sslbench`` format, written atomically) every
-  ``checkpoint_every`` epochs, at the end, and on SIGTERM after the step in flight. They hold both
+  ``checkpoint_every`` epochs, at the end, and on SIGTERM/SIGUSR1 after the step in flight. They hold both
   encoders, the queue, the optimizer, the RNG states and the open score interval, so ``--resume``
   continues where the run stopped (bit for bit on the CPU).
 * Score statistics: a row of ``<out>/scores.csv`` every ``log_every`` steps (see ``scores.py``).
@@ -16,48 +17,43 @@
 
 from __future__ import annotations
 
+import json
 import math
-import os
-import signal
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
-import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from omegaconf import OmegaConf
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from sslbench import __version__
 from sslbench.atomic import torch_save, write_text
 from sslbench.config import config_to_dict
 from sslbench.data.registry import build_dataset
-from sslbench.errors import CheckpointError, ConfigError, SslbenchError
+from sslbench.errors import CheckpointError, ConfigError
 from sslbench.pretrain.augment import SeededTwoCrops, moco_augmentation
 from sslbench.pretrain.config import PretrainConfig, validate
 from sslbench.pretrain.moco import MoCo
 from sslbench.pretrain.scores import TABLE_NAME, ScoreAccumulator, ScoreTable
+from sslbench.runtime.precision import Precision
+from sslbench.runtime.process import Runtime, launched
+from sslbench.runtime.progress import MetricsLog, Progress
+from sslbench.runtime.resume import change_entry, check_fingerprint, read_state, rng_state, set_rng_state
+from sslbench.runtime.sampling import SeededBatches
+from sslbench.runtime.signals import TrainingInterrupted, catch_stop_signals
 
 CHECKPOINT_NAME = "checkpoint_last.pth"
 CHECKPOINT_FORMAT_VERSION = 1
 
 
-class PretrainingInterrupted(SslbenchError):
-    """SIGTERM stopped the run; its checkpoint was saved and ``--resume`` continues it."""
+class PretrainingInterrupted(TrainingInterrupted):
+    """A stop signal ended the run; its checkpoint was saved and ``--resume`` continues it."""
 
     def __init__(self, checkpoint: Path, epoch: int, step: int) -> None:
-        super().__init__(
-            f"stopped by SIGTERM in epoch {epoch} after step {step}; saved {checkpoint}; "
-            "continue with --resume"
-        )
+        super().__init__("pretraining", checkpoint, step, f" (epoch {epoch})")
         self.checkpoint = checkpoint
 
 
@@ -76,94 +72,32 @@ def learning_rate(cfg: PretrainConfig, epoch: int) -> float:
     return base * 0.1 ** sum(epoch >= milestone for milestone in cfg.optim.milestones)
 
 
-class EpochBatches:
-    """Batches of ``(epoch, index)`` for one rank: a seeded permutation of the images per epoch, cut
-    into whole global batches (the remainder is dropped), each split evenly over the ranks; the first
-    ``skip`` batches are left out (a resumed epoch)."""
-
-    def __init__(
-        self,
-        size: int,
-        global_batch: int,
-        epoch: int,
-        seed: int,
-        rank: int = 0,
-        world: int = 1,
-        skip: int = 0,
-    ) -> None:
-        self.size, self.global_batch, self.epoch, self.seed = size, global_batch, epoch, seed
-        self.rank, self.local_batch, self.skip = rank, global_batch // world, skip
-
-    def __len__(self) -> int:
-        return self.size // self.global_batch - self.skip
-
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        state = np.random.SeedSequence([self.seed, self.epoch]).generate_state(1, np.uint64)[0]
-        order = torch.randperm(self.size, generator=torch.Generator().manual_seed(int(state)))
-        for step in range(self.skip, self.size // self.global_batch):
-            start = step * self.global_batch + self.rank * self.local_batch
-            yield [(self.epoch, int(i)) for i in order[start : start + self.local_batch]]
-
-
-@dataclass
-class Runtime:
-    """Where this process runs: its rank among ``world`` processes and its device."""
-
-    rank: int
-    world: int
-    device: torch.device
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world > 1
-
-
-def _start_runtime() -> Runtime:
-    """One process, or one rank of a ``torchrun`` launch (RANK/WORLD_SIZE/LOCAL_RANK in the environment)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    cuda = torch.cuda.is_available()
-    if world == 1:
-        return Runtime(0, 1, torch.device("cuda" if cuda else "cpu"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if cuda:
-        torch.cuda.set_device(local_rank)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo")
-    return Runtime(
-        dist.get_rank(), dist.get_world_size(), torch.device(f"cuda:{local_rank}" if cuda else "cpu")
+def EpochBatches(
+    size: int, global_batch: int, epoch: int, seed: int, rank: int = 0, world: int = 1, skip: int = 0
+) -> SeededBatches:
+    """Batches of ``(epoch, index)`` for one rank in ``epoch``: whole global batches of a seeded
+    permutation, split over the ranks; the first ``skip`` batches are left out (a resumed epoch)."""
+    per_epoch = size // global_batch
+    return SeededBatches(
+        size, global_batch, seed, epoch * per_epoch + skip, (epoch + 1) * per_epoch, rank, world
     )
 
 
-@contextmanager
-def _sigterm_flag() -> Iterator[dict[str, bool]]:
-    """A flag set by SIGTERM for the duration of the block (the previous handler is restored after)."""
-    flag = {"stop": False}
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        flag["stop"] = True
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield flag
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+# Keys of the config that change how a run is stored or watched, not what it computes.
+OPERATIONAL_KEYS = ("out", "data.workers", "checkpoint_every", "keep_every", "log_every")
 
 
-def _rng_state(device: torch.device) -> dict[str, Any]:
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-    }
-
-
-def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    if device.type == "cuda" and state.get("cuda") is not None:
-        torch.cuda.set_rng_state(state["cuda"], device)
+def resume_fingerprint(config: dict[str, Any], world: int) -> dict[str, Any]:
+    """What a resumed run must share with the run it continues: the config but its operational keys,
+    and the number of ranks (shuffle BN and the batch split depend on it)."""
+    fingerprint = json.loads(json.dumps(config))
+    for key in OPERATIONAL_KEYS:
+        *parents, last = key.split(".")
+        node = fingerprint
+        for parent in parents:
+            node = node.get(parent, {})
+        node.pop(last, None)
+    return {"config": fingerprint, "world_size": world}
 
 
 class Trainer:
@@ -173,7 +107,7 @@ class Trainer:
         self.cfg, self.runtime = cfg, runtime
         self.out = Path(cfg.out)
         self.checkpoint_path = self.out / CHECKPOINT_NAME
-        device = runtime.device
+        self.precision = Precision(runtime.device, cfg.amp, cfg.channels_last)
         torch.manual_seed(cfg.seed)
         self.model = MoCo(
             cfg.moco.arch,
@@ -184,23 +118,23 @@ class Trainer:
             mlp=cfg.moco.mlp,
             bn_splits=cfg.moco.bn_splits if runtime.world == 1 else 1,
             ft=cfg.ft,
-        ).to(device)
-        self.channels_last = device.type == "cuda" and cfg.channels_last
-        if self.channels_last:
-            self.model.to(memory_format=torch.channels_last)
+        )
+        self.precision.model(self.model)
         self.optimizer = torch.optim.SGD(
             self.model.query_parameters(),
             lr=learning_rate(cfg, 0),
             momentum=cfg.optim.momentum,
             weight_decay=cfg.optim.weight_decay,
         )
-        self.scores = ScoreAccumulator(device)
+        self.scores = ScoreAccumulator(runtime.device)
         self.table = ScoreTable(self.out / TABLE_NAME)
         self.epoch = 0  # completed epochs
         self.step_in_epoch = 0  # steps done in epoch ``self.epoch`` (non-zero after a SIGTERM)
         self.global_step = 0
+        self.config_changes: list[dict[str, Any]] = []  # allowed changes on resume, with their step
 
     def state(self) -> dict[str, Any]:
+        config = config_to_dict(self.cfg)
         return {
             "format": "sslbench",
             "format_version": CHECKPOINT_FORMAT_VERSION,
@@ -211,8 +145,9 @@ class Trainer:
             "epoch": self.epoch,
             "step_in_epoch": self.step_in_epoch,
             "global_step": self.global_step,
-            "config": config_to_dict(self.cfg),
-            "rng": _rng_state(self.runtime.device),
+            "config": config,
+            "config_changes": self.config_changes,
+            "rng": rng_state(self.runtime.device),
             "scores": self.scores.state_dict(),
             "world_size": self.runtime.world,
             "sslbench_version": __version__,
@@ -224,23 +159,49 @@ class Trainer:
             torch_save(state, self.checkpoint_path)
             if self.cfg.keep_every and self.step_in_epoch == 0 and self.epoch % self.cfg.keep_every == 0:
                 torch_save(state, self.out / f"checkpoint_epoch{self.epoch:04d}.pth")
-        if self.runtime.distributed:
-            dist.barrier()
+        self.runtime.barrier()
 
-    def load(self, path: Path) -> None:
+    def load(self, path: Path, allow_change: bool) -> None:
+        """Continue from ``path``; a changed fingerprint is refused unless ``allow_change``."""
+        state = read_state(path)
+        assert state is not None
+        if not isinstance(state.get("config"), dict):
+            raise CheckpointError(f"{path}: not an sslbench pretraining checkpoint (no config)")
+        changes = check_fingerprint(
+            path,
+            resume_fingerprint(state["config"], int(state.get("world_size", 1))),
+            resume_fingerprint(config_to_dict(self.cfg), self.runtime.world),
+            "a pretraining run",
+            allow_change,
+        )
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.scores.load_state_dict(state["scores"])
-        except (RuntimeError, KeyError, ValueError) as exc:
+            self.epoch, self.step_in_epoch = int(state["epoch"]), int(state["step_in_epoch"])
+            self.global_step = int(state["global_step"])
+            set_rng_state(state["rng"], self.runtime.device)
+        except (RuntimeError, KeyError, ValueError, TypeError) as exc:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise CheckpointError(f"{path}: cannot resume from it with this config: {first}") from None
-        self.epoch, self.step_in_epoch = int(state["epoch"]), int(state["step_in_epoch"])
-        self.global_step = int(state["global_step"])
-        _set_rng_state(state["rng"], self.runtime.device)
+        self.config_changes = list(state.get("config_changes", []))
+        if changes:
+            self.config_changes.append(change_entry(self.global_step, changes))
+            if self.runtime.main:
+                print(
+                    f"sslbench pretrain: resuming at step {self.global_step} with {changes}", file=sys.stderr
+                )
         if self.runtime.main:
             self.table.truncate_after(self.global_step)
+
+    def config_yaml(self) -> str:
+        """config.yaml: the config now in force, headed by the changes made on resume (as comments)."""
+        header = "".join(
+            f"# resumed at step {entry['step']} with changes (key: [before, after]): "
+            f"{json.dumps(entry['changes'])}\n"
+            for entry in self.config_changes
+        )
+        return header + OmegaConf.to_yaml(config_to_dict(self.cfg))
 
 
 def _check_out_folder(cfg: PretrainConfig, resume: bool) -> None:
@@ -252,24 +213,51 @@ def _check_out_folder(cfg: PretrainConfig, resume: bool) -> None:
 
 
 def run_pretraining(
-    cfg: PretrainConfig, resume: bool = False, step_callback: Callable[[int], None] | None = None
+    cfg: PretrainConfig,
+    resume: bool = False,
+    step_callback: Callable[[int], None] | None = None,
+    allow_config_change: bool = False,
+    tensorboard: bool = False,
 ) -> Path:
     """Pretrain MoCo(+FT) as ``cfg`` says; return the final checkpoint's path.
 
-    ``resume`` continues from ``<out>/checkpoint_last.pth`` (a fresh start if there is none);
-    ``step_callback(global_step)`` is called after every optimisation step. Raises
-    :class:`PretrainingInterrupted` after saving a checkpoint when SIGTERM arrives.
+    ``resume`` continues from ``<out>/checkpoint_last.pth`` (a fresh start if there is none); a
+    checkpoint of another config is refused unless ``allow_config_change`` (then the change is
+    recorded in the checkpoint and config.yaml). ``step_callback(global_step)`` is called after every
+    optimisation step. Raises :class:`PretrainingInterrupted` after saving a checkpoint when SIGTERM
+    or SIGUSR1 arrives.
     """
-    runtime = _start_runtime()
-    try:
-        return _train(validate(cfg, runtime.world), runtime, resume, step_callback)
-    finally:
-        if runtime.distributed and dist.is_initialized():
-            dist.destroy_process_group()
+    with launched() as runtime:
+        return _train(
+            validate(cfg, runtime.world), runtime, resume, step_callback, allow_config_change, tensorboard
+        )
+
+
+def _epoch_loader(
+    views: SeededTwoCrops, cfg: PretrainConfig, runtime: Runtime, epoch: int, done_steps: int
+) -> DataLoader:
+    """This rank's batches of ``epoch`` from step ``done_steps`` on."""
+    batches = EpochBatches(
+        len(views), cfg.batch_size, epoch, cfg.seed, runtime.rank, runtime.world, done_steps
+    )
+    # its own generator: making the iterator must not draw from the global RNG (a resumed run
+    # makes one iterator more than the run it continues)
+    return DataLoader(
+        views,
+        batch_sampler=batches,
+        num_workers=cfg.data.workers,
+        pin_memory=runtime.device.type == "cuda",
+        generator=torch.Generator().manual_seed(cfg.seed + epoch),
+    )
 
 
 def _train(
-    cfg: PretrainConfig, runtime: Runtime, resume: bool, step_callback: Callable[[int], None] | None
+    cfg: PretrainConfig,
+    runtime: Runtime,
+    resume: bool,
+    step_callback: Callable[[int], None] | None,
+    allow_config_change: bool,
+    tensorboard: bool,
 ) -> Path:
     _check_out_folder(cfg, resume)
     images = build_dataset(dataset_name(cfg), cfg.data.root, "trainval")
@@ -280,60 +268,45 @@ def _train(
 
     trainer = Trainer(cfg, runtime)
     if resume and trainer.checkpoint_path.exists():
-        trainer.load(trainer.checkpoint_path)
+        trainer.load(trainer.checkpoint_path, allow_config_change)
     elif resume and runtime.main:
         print(f"sslbench pretrain: no {trainer.checkpoint_path} yet; starting from scratch", file=sys.stderr)
     if runtime.main:
-        write_text(trainer.out / "config.yaml", OmegaConf.to_yaml(config_to_dict(cfg)))
+        write_text(trainer.out / "config.yaml", trainer.config_yaml())
 
-    model: torch.nn.Module = trainer.model
-    if runtime.distributed:
-        device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
-        # The queue is identical on every rank (same seed, gathered keys): no per-step buffer broadcast.
-        model = DistributedDataParallel(trainer.model, device_ids=device_ids, broadcast_buffers=False)
-    cuda = runtime.device.type == "cuda"
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda and cfg.amp else nullcontext()
-    memory_format = torch.channels_last if trainer.channels_last else torch.contiguous_format
+    # The queue is identical on every rank (same seed, gathered keys): no per-step buffer broadcast.
+    model = runtime.wrap(trainer.model, broadcast_buffers=False)
+    precision = trainer.precision
     labels = torch.zeros(cfg.batch_size // runtime.world, dtype=torch.long, device=runtime.device)
+    metrics = MetricsLog(trainer.out, runtime.main, tensorboard)
+    progress = Progress(
+        cfg.epochs * steps_per_epoch,
+        "pretrain",
+        trainer.global_step,
+        images_per_step=cfg.batch_size,
+        enabled=runtime.main,
+    )
 
-    with _sigterm_flag() as sigterm:
+    def log_row(epoch: int, lr: float) -> None:
+        row = trainer.scores.flush()
+        if runtime.main:
+            values = {"step": trainer.global_step, "epoch": epoch, "lr": lr, **row}
+            trainer.table.append(values)
+            metrics.write("pretrain", trainer.global_step, **{k: v for k, v in values.items() if k != "step"})
+        progress.note(loss=row["loss"])
+
+    with catch_stop_signals() as stop:
         while trainer.epoch < cfg.epochs:
             epoch = trainer.epoch
             lr = learning_rate(cfg, epoch)
             for group in trainer.optimizer.param_groups:
                 group["lr"] = lr
-            batches = EpochBatches(
-                len(views),
-                cfg.batch_size,
-                epoch,
-                cfg.seed,
-                runtime.rank,
-                runtime.world,
-                trainer.step_in_epoch,
-            )
-            # its own generator: making the iterator must not draw from the global RNG (a resumed run
-            # makes one iterator more than the run it continues)
-            loader = DataLoader(
-                views,
-                batch_sampler=batches,
-                num_workers=cfg.data.workers,
-                pin_memory=cuda,
-                generator=torch.Generator().manual_seed(cfg.seed + epoch),
-            )
-            bar = tqdm(
-                total=steps_per_epoch * cfg.batch_size,
-                initial=trainer.step_in_epoch * cfg.batch_size,
-                unit="img",
-                unit_scale=True,
-                desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                disable=not runtime.main,
-                dynamic_ncols=True,
-            )
+            loader = _epoch_loader(views, cfg, runtime, epoch, trainer.step_in_epoch)
             for im_q, im_k in loader:
-                im_q = im_q.to(runtime.device, non_blocking=True, memory_format=memory_format)
-                im_k = im_k.to(runtime.device, non_blocking=True, memory_format=memory_format)
-                with autocast:
-                    output = model(im_q, im_k, apply_ft=epoch >= cfg.ft.start_epoch)
+                with precision.autocast():
+                    output = model(
+                        precision.images(im_q), precision.images(im_k), apply_ft=epoch >= cfg.ft.start_epoch
+                    )
                 loss = F.cross_entropy(output.logits, labels)
                 trainer.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -341,37 +314,22 @@ def _train(
                 trainer.scores.add(loss, output.stats_before_ft, output.stats_after_ft)
                 trainer.global_step += 1
                 trainer.step_in_epoch += 1
-                bar.update(cfg.batch_size)
+                progress.update()
                 logged = trainer.global_step % cfg.log_every == 0
                 if logged:
-                    row = trainer.scores.flush()
-                    if runtime.main:
-                        trainer.table.append({"step": trainer.global_step, "epoch": epoch, "lr": lr, **row})
-                    bar.set_postfix(loss=f"{row['loss']:.3f}")
+                    log_row(epoch, lr)
                 if step_callback is not None:
                     step_callback(trainer.global_step)
-                if _stop_requested(sigterm["stop"], runtime, logged):
-                    bar.close()
+                if stop.requested(runtime, at_sync_point=logged):
+                    progress.close()
                     trainer.save()
                     raise PretrainingInterrupted(trainer.checkpoint_path, epoch, trainer.global_step)
-            bar.close()
             trainer.epoch += 1
             trainer.step_in_epoch = 0
             if trainer.epoch == cfg.epochs and trainer.scores.steps:
-                row = trainer.scores.flush()
-                if runtime.main:
-                    trainer.table.append({"step": trainer.global_step, "epoch": epoch, "lr": lr, **row})
+                log_row(epoch, lr)
             if trainer.epoch % cfg.checkpoint_every == 0 or trainer.epoch == cfg.epochs:
                 trainer.save()
+    progress.close()
+    metrics.close()
     return trainer.checkpoint_path
-
-
-def _stop_requested(local_flag: bool, runtime: Runtime, at_sync_point: bool) -> bool:
-    """SIGTERM seen (by any rank, under DDP: checked only at logging steps, where ranks sync anyway)."""
-    if not runtime.distributed:
-        return local_flag
-    if not at_sync_point:
-        return False
-    flag = torch.tensor([float(local_flag)], device=runtime.device)
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    return bool(flag.item())

@@ -58,8 +58,8 @@ def run_suite_command(args: argparse.Namespace) -> int:
 
 
 def run_quickstart(args: argparse.Namespace) -> int:
-    from sslbench.pretrain.cli import EXIT_SIGTERM
     from sslbench.pretrain.train import PretrainingInterrupted
+    from sslbench.runtime.signals import EXIT_INTERRUPTED
     from sslbench.tools.quickstart import quickstart
 
     try:
@@ -70,7 +70,7 @@ def run_quickstart(args: argparse.Namespace) -> int:
             "again to continue",
             file=sys.stderr,
         )
-        return EXIT_SIGTERM
+        return EXIT_INTERRUPTED
     print("\nquickstart done:")
     for name, path in outputs.items():
         print(f"  {name:12s} {path}")
