@@ -540,6 +540,9 @@ tasks:
     text = job_log.read_text()
     assert "this job is preempted" in text and "Requeued job" in text
     assert text.count("Starting with JobEnvironment") == 2  # the first attempt and the requeued one
+    # the preemption signal went to the training loop first: it saved its state, then submitit requeued
+    [job_err] = cluster.glob("submitit/*/*_0_log.err")
+    assert "stopped by a signal after step" in job_err.read_text()
     [run] = cluster.glob("*/cub-ddp-*/seed0")
     assert 1 <= json.loads((run / "final" / "point.json").read_text())["resumed_from_step"] < 4
 
