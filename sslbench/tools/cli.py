@@ -39,17 +39,22 @@ def run_leaderboard(args: argparse.Namespace) -> int:
 
 
 def run_suite_command(args: argparse.Namespace) -> int:
-    from sslbench.tools.suite import load_suite, run_suite
+    from sslbench.tools.suite import SuiteStopped, load_suite, run_suite
+    from sslbench.tools.suite_launch import EXIT_STOPPED
 
     suite = load_suite(args.suite, args.overrides)
-    report = run_suite(
-        suite,
-        args.checkpoints,
-        args.out,
-        labels=args.labels,
-        launcher=args.launcher,
-        cluster=args.cluster,
-    )
+    try:
+        report = run_suite(
+            suite,
+            args.checkpoints,
+            args.out,
+            labels=args.labels,
+            launcher=args.launcher,
+            cluster=args.cluster,
+        )
+    except SuiteStopped as exc:
+        print(f"sslbench suite: stopped: {exc}; run the same command again to continue", file=sys.stderr)
+        return EXIT_STOPPED
     print(report.summary())
     for path in report.leaderboard.values():
         print(f"wrote {path}")

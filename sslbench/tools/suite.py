@@ -18,18 +18,25 @@ valid record with status ``ok`` and the checkpoint's sha256. A changed option th
 folder and a new run; a re-run after a crash does only what is missing. A job that fails leaves a
 record with status ``failed``, its error, argv and the end of its stderr (unless the command wrote its
 own failed record), and the suite goes on with the next.
+
+A rerun continues what an earlier one left unfinished: a job whose folder exists starts with its
+command's ``--resume`` (fine-tuning's grid, detection; the SGD linear probe resumes from its state file
+by itself), and a ``failed`` record is first moved aside to ``failed-<N>.json``, so the command finds
+no record to refuse and the failure stays readable (:mod:`sslbench.tools.suite_launch`).
+
+A task may ask for ``gpus: N`` processes on each of ``nodes: M`` machines: locally through torchrun,
+under submitit as one job of N tasks per node that requeues itself (:mod:`sslbench.tools.suite_launch`).
+The number of processes is part of the task's settings (fine-tuning's batch-norm statistics are per
+process), so it enters the spec hash when it is not 1.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import json
 import re
 import sys
 import time
-import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,13 +49,28 @@ from sslbench.config import load_config, resolve_config_path
 from sslbench.errors import ConfigError, RecordError
 from sslbench.tools.leaderboard import LABELS_NAME, Leaderboard, build_leaderboard, write_leaderboard
 from sslbench.tools.records import RECORD_NAME, ResultRecord, read_record, utc_now, write_record
+from sslbench.tools.suite_launch import (
+    EXIT_STOPPED,
+    STDERR_TAIL,
+    CommandOutcome,
+    JobCommand,
+    combine_outcomes,
+)
 
 # suite task kind -> the sslbench subcommand that runs it
 TASK_COMMANDS = {"knn": "knn", "linear": "linear", "finetune": "finetune", "detection": "detect"}
 # commands that read features through the shared cache (--cache-dir OUT/.feature_cache)
 _CACHED = ("knn", "linear")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_STDERR_TAIL = 4000
+# options the suite sets itself, from the task's fields
+_RESERVED = {"out", "seed", "seeds", "dataset", "root", "task", "resume"}
+_RESERVED_DETECTION = {"num-gpus", "num-machines", "machine-rank", "dist-url"}  # from gpus / nodes
+_RESOURCES = {"nodes", "tasks_per_node", "gpus_per_node"}  # submitit parameters from gpus / nodes
+
+
+class SuiteStopped(Exception):
+    """A stop signal (SIGTERM at a time limit, SIGUSR1) ended a job after it saved its state: the
+    suite stops too, and running it again continues that job."""
 
 
 @dataclass
@@ -62,6 +84,8 @@ class TaskConfig:
     seeds: int = 1  # seeds 0 .. N-1 (detection: detect --seeds N, one job)
     options: dict[str, Any] = field(default_factory=dict)  # {"protocol": "lbfgs", "image-size": 32}
     args: list[str] = field(default_factory=list)  # trailing arguments (detect: KEY VALUE overrides)
+    gpus: int = 1  # processes per node, one per device (torchrun; detection: --num-gpus)
+    nodes: int = 1  # machines (submitit only; detection: --num-machines)
     slurm: dict[str, Any] = field(default_factory=dict)  # submitit parameters for this task's jobs
 
 
@@ -96,11 +120,21 @@ def validate_suite(suite: SuiteConfig, where: str = "suite") -> SuiteConfig:
             raise ConfigError(f"{at}: seeds is a number of runs (seeds 0 .. N-1), at least 1")
         if task.task == "detection" and task.root is not None:
             raise ConfigError(f"{at}: detection reads $DETECTRON2_DATASETS; remove root")
-        reserved = {"out", "seed", "seeds", "dataset", "root", "task", "resume"} & {
-            k.replace("_", "-") for k in task.options
-        }
+        if task.gpus < 1 or task.nodes < 1:
+            raise ConfigError(f"{at}: gpus and nodes count processes per node and machines, at least 1")
+        names = {k.replace("_", "-") for k in task.options}
+        reserved = _RESERVED & names
         if reserved:
             raise ConfigError(f"{at}: options {', '.join(sorted(reserved))} are set by the suite itself")
+        if task.task == "detection" and _RESERVED_DETECTION & names:
+            taken = ", ".join(sorted(_RESERVED_DETECTION & names))
+            raise ConfigError(f"{at}: options {taken} come from the task's gpus and nodes; use those")
+        if _RESOURCES & set(task.slurm):
+            taken = ", ".join(sorted(_RESOURCES & set(task.slurm)))
+            raise ConfigError(f"{at}: slurm {taken}: set the task's gpus and nodes instead")
+    if _RESOURCES & set(suite.slurm):
+        taken = ", ".join(sorted(_RESOURCES & set(suite.slurm)))
+        raise ConfigError(f"{where}: slurm {taken}: set each task's gpus and nodes instead")
     return suite
 
 
@@ -131,6 +165,8 @@ def spec_hash(task: TaskConfig) -> str:
         "args": [str(a) for a in task.args],
         "seeds": task.seeds if task.task == "detection" else None,
     }
+    if (task.gpus, task.nodes) != (1, 1):  # left out at 1 x 1: earlier suites keep their folders
+        spec["processes"] = {"gpus": task.gpus, "nodes": task.nodes}
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
@@ -143,8 +179,13 @@ class Job:
     sha256: str
     seed: int | None
     out: Path  # the command's --out
-    argv: tuple[str, ...]
+    command: JobCommand  # the command line; ``--resume`` is added when it starts, if due
     records: tuple[Path, ...]  # the records it leaves when it succeeds
+
+    @property
+    def argv(self) -> tuple[str, ...]:
+        """The command line of a first attempt."""
+        return tuple(self.command.argv())
 
     @property
     def title(self) -> str:
@@ -159,22 +200,26 @@ def plan_jobs(suite: SuiteConfig, checkpoints: Sequence[tuple[Path, str]], out: 
         for task in suite.tasks:
             folder = out / sha[:12] / f"{task.name}-{spec_hash(task)}"
             command = TASK_COMMANDS[task.task]
-            extra = option_argv(task.options) + [str(a) for a in task.args]
+            tail = (*option_argv(task.options), *(str(a) for a in task.args))
+            shape = {"gpus": task.gpus, "nodes": task.nodes}
             if task.task == "detection":
-                argv = [command, str(checkpoint), "--task", task.dataset, "--out", str(folder)]
-                argv += ["--seeds", str(task.seeds), "--resume", *extra]
+                head = [command, str(checkpoint), "--task", task.dataset, "--out", str(folder)]
+                head += ["--seeds", str(task.seeds), "--num-gpus", str(task.gpus)]
+                head += ["--num-machines", str(task.nodes)] if task.nodes > 1 else []
                 records = tuple(folder / f"seed{s}" / RECORD_NAME for s in range(task.seeds))
-                jobs.append(Job(task, checkpoint, sha, None, folder, tuple(argv), records))
+                run = JobCommand(tuple(head), tail, folder, **shape)
+                jobs.append(Job(task, checkpoint, sha, None, folder, run, records))
                 continue
             for seed in range(task.seeds):
-                run = folder / f"seed{seed}"
-                argv = [command, str(checkpoint), "--dataset", task.dataset]
-                argv += ["--root", task.root] if task.root else []
-                argv += ["--out", str(run), "--seed", str(seed)]
+                folder_seed = folder / f"seed{seed}"
+                head = [command, str(checkpoint), "--dataset", task.dataset]
+                head += ["--root", task.root] if task.root else []
+                head += ["--out", str(folder_seed), "--seed", str(seed)]
                 names = {k.replace("_", "-") for k in task.options}
                 if command in _CACHED and not {"cache-dir", "no-cache"} & names:
-                    argv += ["--cache-dir", str(out / ".feature_cache")]
-                jobs.append(Job(task, checkpoint, sha, seed, run, (*argv, *extra), (run / RECORD_NAME,)))
+                    head += ["--cache-dir", str(out / ".feature_cache")]
+                run = JobCommand(tuple(head), tail, folder_seed, **shape)
+                jobs.append(Job(task, checkpoint, sha, seed, folder_seed, run, (folder_seed / RECORD_NAME,)))
     return jobs
 
 
@@ -193,84 +238,6 @@ def _record_state(path: Path, sha256: str) -> str:
 
 def is_done(job: Job) -> bool:
     return all(_record_state(path, job.sha256) == "ok" for path in job.records)
-
-
-# ---------------------------------------------------------------- running one command
-
-
-@dataclass
-class CommandOutcome:
-    """What became of ``sslbench ARGV``: its exit status and, when it failed, why."""
-
-    returncode: int
-    error: str | None = None
-    stderr_tail: str = ""
-    traceback: str | None = None
-    seconds: float = 0.0
-
-
-class _Tee(io.TextIOBase):
-    """Forwards writes to ``stream`` and keeps their last ``limit`` characters."""
-
-    def __init__(self, stream: Any, limit: int = _STDERR_TAIL) -> None:
-        self.stream, self.limit, self.tail = stream, limit, ""
-
-    def write(self, text: str) -> int:
-        self.stream.write(text)
-        self.tail = (self.tail + text)[-self.limit :]
-        return len(text)
-
-    def flush(self) -> None:
-        self.stream.flush()
-
-    def isatty(self) -> bool:
-        return bool(getattr(self.stream, "isatty", lambda: False)())
-
-    def fileno(self) -> int:
-        return self.stream.fileno()
-
-
-def available_commands() -> set[str]:
-    from sslbench.cli import build_parser
-
-    parser = build_parser()
-    subparsers = next(a for a in parser._actions if a.dest == "command")
-    return set(subparsers.choices)
-
-
-def _error_line(tail: str) -> str | None:
-    lines = [line.strip() for line in tail.replace("\r", "\n").splitlines() if line.strip()]
-    errors = [line for line in lines if ": error: " in line]
-    return (errors or lines or [None])[-1]
-
-
-def run_command(argv: Sequence[str]) -> CommandOutcome:
-    """Run ``sslbench ARGV`` in this process (a module-level function: submitit pickles it)."""
-    from sslbench.cli import main
-
-    argv = [str(a) for a in argv]
-    if not argv or argv[0] not in available_commands():
-        command = argv[0] if argv else ""
-        return CommandOutcome(
-            2, f"unknown command {command!r}: this sslbench has no `sslbench {command}` subcommand"
-        )
-    start = time.perf_counter()
-    tee = _Tee(sys.stderr)
-    outcome = CommandOutcome(0)
-    try:
-        with contextlib.redirect_stderr(tee):
-            outcome.returncode = main(argv)
-    except SystemExit as exc:  # argparse: a bad option
-        outcome.returncode = exc.code if isinstance(exc.code, int) else 2
-    except Exception as exc:
-        outcome.returncode = 1
-        outcome.error = f"{type(exc).__name__}: {exc}"
-        outcome.traceback = traceback.format_exc()
-    outcome.seconds = time.perf_counter() - start
-    outcome.stderr_tail = tee.tail
-    if outcome.returncode != 0 and outcome.error is None:
-        outcome.error = _error_line(tee.tail) or f"exit status {outcome.returncode}"
-    return outcome
 
 
 def record_failure(job: Job, outcome: CommandOutcome, started_at: str, started: float) -> Path:
@@ -364,6 +331,15 @@ def run_suite(
 ) -> SuiteReport:
     """Run every job of ``suite`` not done yet, record failures, then write the leaderboard of ``out``
     into ``leaderboard_dir`` (default ``out``)."""
+    if launcher not in ("local", "submitit"):
+        raise ConfigError(f"--launcher {launcher!r}: expected local or submitit")
+    if launcher == "local":
+        several = [t.name for t in suite.tasks if t.nodes > 1]
+        if several:
+            raise ConfigError(
+                f"tasks {', '.join(several)} ask for several nodes: a local suite runs on one machine "
+                "(use --launcher submitit)"
+            )
     out = Path(out).resolve()
     hashes = _checkpoint_hashes([Path(c) for c in checkpoints])
     _write_labels(out, hashes, labels)
@@ -373,17 +349,70 @@ def run_suite(
         if is_done(job):
             print(f"suite: done already, skipped: {job.title}")
             report.skipped.append(job)
-        else:
-            todo.append(job)
+            continue
+        for moved in set_failures_aside(job):
+            print(f"suite: an earlier failure of {job.title} is kept as {moved}")
+        todo.append(job)
+    progress = SuiteProgress(total=len(report.skipped) + len(todo), done_before=len(report.skipped))
     if launcher == "local":
-        _run_local(todo, report)
-    elif launcher == "submitit":
-        _run_submitit(todo, suite, out, cluster, report)
+        _run_local(todo, report, progress)
     else:
-        raise ConfigError(f"--launcher {launcher!r}: expected local or submitit")
+        _run_submitit(todo, suite, out, cluster, report, progress)
     report.board = build_leaderboard(out)
     report.leaderboard = write_leaderboard(report.board, leaderboard_dir or out)
     return report
+
+
+def set_failures_aside(job: Job) -> list[Path]:
+    """Move the job's ``failed`` (or unreadable) records to ``failed-<N>.json`` beside them before it
+    runs again: the command then finds no record to refuse, and the earlier error stays readable."""
+    moved = []
+    for path in job.records:
+        if _record_state(path, job.sha256) in ("missing", "ok"):
+            continue
+        n = 1
+        while (path.parent / f"failed-{n}.json").exists():
+            n += 1
+        moved.append(path.replace(path.parent / f"failed-{n}.json"))
+    return moved
+
+
+def _clock(seconds: float) -> str:
+    seconds = round(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+@dataclass
+class SuiteProgress:
+    """Counts and times of the whole suite, printed as plain lines (a Slurm log has no terminal)."""
+
+    total: int  # jobs of the suite
+    done_before: int  # skipped: finished by an earlier run
+    started: float = field(default_factory=time.monotonic)
+    durations: list[float] = field(default_factory=list)  # jobs finished by this run
+
+    def finished(self, seconds: float) -> None:
+        self.durations.append(seconds)
+
+    def line(self, running: int = 0, side_by_side: bool = False) -> str:
+        """``side_by_side``: the remaining jobs were all submitted when the suite started (submitit),
+        so each is expected to end one mean duration after that, not one after another."""
+        done = self.done_before + len(self.durations)
+        remaining = self.total - done
+        elapsed = time.monotonic() - self.started
+        text = f"suite progress: {done}/{self.total} jobs done ({self.done_before} before this run)"
+        text += f", {running} running" if running else ""
+        text += f", {remaining} to go; elapsed {_clock(elapsed)}"
+        if remaining and self.durations:
+            mean = sum(self.durations) / len(self.durations)
+            if side_by_side:
+                eta = max(mean - elapsed, 0.0)
+                text += f"; ETA {_clock(eta)} (side by side; {_clock(mean)} per job from submission)"
+            else:
+                text += f"; ETA {_clock(mean * remaining)} ({_clock(mean)} per job so far)"
+        elif remaining:
+            text += "; ETA after the first job"
+        return text
 
 
 def _finish(job: Job, outcome: CommandOutcome, started_at: str, started: float, report: SuiteReport) -> None:
@@ -397,37 +426,84 @@ def _finish(job: Job, outcome: CommandOutcome, started_at: str, started: float, 
     report.failed.append((job, outcome.error or "", path))
 
 
-def _run_local(jobs: Sequence[Job], report: SuiteReport) -> None:
+def _shown(job: Job) -> str:
+    argv = job.command.argv(job.command.resumes())
+    if job.task.gpus > 1 and job.task.task != "detection":
+        return f"torchrun --standalone --nproc-per-node {job.task.gpus} -m sslbench {' '.join(argv)}"
+    return "sslbench " + " ".join(argv)
+
+
+def _run_local(jobs: Sequence[Job], report: SuiteReport, progress: SuiteProgress) -> None:
     for i, job in enumerate(jobs, 1):
-        print(f"suite [{i}/{len(jobs)}]: {job.title}\n  sslbench {' '.join(job.argv)}")
+        print(progress.line(), flush=True)
+        resume = " (continuing an earlier attempt)" if job.command.continues() else ""
+        print(f"suite [{i}/{len(jobs)}]: {job.title}{resume}\n  {_shown(job)}", flush=True)
         started_at, started = utc_now(), time.time()
-        outcome = run_command(job.argv)
+        outcome = job.command.run_local()
         if outcome.returncode == 130:  # Ctrl-C in the command: stop the suite, record nothing
             raise KeyboardInterrupt
+        if outcome.returncode == EXIT_STOPPED:  # SIGTERM / SIGUSR1: the job saved its state
+            raise SuiteStopped(f"a stop signal ended {job.title} after it saved its state")
         _finish(job, outcome, started_at, started, report)
+        progress.finished(time.time() - started)
+    print(progress.line(), flush=True)
+
+
+def _job_outcome(handle: Any) -> CommandOutcome:
+    """Rank 0's outcome (or a failing rank's) of a finished submitit job."""
+    try:
+        return combine_outcomes(handle.results())
+    except Exception as exc:  # the job itself died (time limit, node failure, pickling)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return CommandOutcome(1, f"submitit job {handle.job_id} failed: {first}", str(exc)[-STDERR_TAIL:])
 
 
 def _run_submitit(
-    jobs: Sequence[Job], suite: SuiteConfig, out: Path, cluster: str | None, report: SuiteReport
+    jobs: Sequence[Job],
+    suite: SuiteConfig,
+    out: Path,
+    cluster: str | None,
+    report: SuiteReport,
+    progress: SuiteProgress,
+    poll_seconds: float = 5.0,
+    heartbeat_seconds: float = 600.0,
 ) -> None:
     try:
         import submitit
     except ImportError:
         raise ConfigError("--launcher submitit needs submitit: pip install 'sslbench[cluster]'") from None
-    submitted = []
-    for job in jobs:
+    executors = []
+    for job in jobs:  # every job's parameters are checked before the first is submitted
         executor = submitit.AutoExecutor(folder=out / "submitit" / "%j", cluster=cluster)
-        executor.update_parameters(name=f"sslbench-{job.task.name}", **{**suite.slurm, **job.task.slurm})
-        started_at, started = utc_now(), time.time()
-        handle = executor.submit(run_command, list(job.argv))
-        print(f"suite: submitted {job.title} as job {handle.job_id}")
-        submitted.append((job, handle, started_at, started))
-    for job, handle, started_at, started in submitted:
         try:
-            outcome = handle.result()
-        except Exception as exc:  # the job itself died (time limit, node failure, pickling)
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            outcome = CommandOutcome(
-                1, f"submitit job {handle.job_id} failed: {first}", str(exc)[-_STDERR_TAIL:]
+            executor.update_parameters(
+                name=f"sslbench-{job.task.name}",
+                **{**suite.slurm, **job.task.slurm, **job.command.resources()},
             )
-        _finish(job, outcome, started_at, started, report)
+        except (ValueError, NameError, AssertionError) as exc:  # submitit's checks of its parameters
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConfigError(f"task {job.task.name}: submitit refused its parameters: {first}") from None
+        executors.append(executor)
+    pending = []
+    for job, executor in zip(jobs, executors, strict=True):
+        started_at, started = utc_now(), time.time()
+        handle = executor.submit(job.command)
+        shape = f"{job.task.nodes} node(s) x {job.command.resources()['tasks_per_node']} task(s)"
+        print(f"suite: submitted {job.title} as job {handle.job_id} ({shape})", flush=True)
+        pending.append((job, handle, started_at, started))
+    print(progress.line(len(pending), side_by_side=True), flush=True)
+    last_line = time.monotonic()
+    while pending:
+        finished = [entry for entry in pending if entry[1].done()]
+        for entry in finished:
+            job, handle, started_at, started = entry
+            pending.remove(entry)
+            _finish(job, _job_outcome(handle), started_at, started, report)
+            progress.finished(time.time() - started)
+            state = "failed" if report.failed and report.failed[-1][0] is job else "ok"
+            print(f"suite: job {handle.job_id} ({job.title}) finished: {state}", flush=True)
+        if finished or time.monotonic() - last_line >= heartbeat_seconds:
+            print(progress.line(len(pending), side_by_side=True), flush=True)
+            last_line = time.monotonic()
+        if pending:
+            time.sleep(poll_seconds)
