@@ -64,19 +64,50 @@ def parse_command_line(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return take_overrides(_subcommand(parser, args.command), args, extras)
 
 
+# Exit statuses (README: "Exit statuses"); EXIT_INTERRUPTED (143: stopped by SIGTERM after saving, run
+# again to continue) comes from sslbench.runtime.signals.
+EXIT_OK = 0
+EXIT_TASKS_FAILED = 1  # sslbench suite: some tasks failed (each left a failed record)
+EXIT_BAD_INPUT = 2  # a bad option, file, dataset, checkpoint, config or record (argparse's status too)
+EXIT_IO_ERROR = 74  # the system refused a read or write: disk full, read-only folder, permissions (EX_IOERR)
+EXIT_CTRL_C = 130  # KeyboardInterrupt
+
+
+def error_message(exc: BaseException) -> str:
+    """The message of ``exc``. An error raised in a DataLoader worker arrives re-raised with the
+    worker's traceback in its message: only its last line, the original message, is kept."""
+    text = str(exc).strip()
+    if "Original Traceback" in text:
+        last = text.splitlines()[-1]
+        name, sep, message = last.partition(": ")
+        text = message if sep and name.replace(".", "").replace("_", "").isalnum() else last
+    return text or type(exc).__name__
+
+
+def _os_error_line(exc: OSError) -> str:
+    where = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f is not None)
+    reason = exc.strerror or error_message(exc)
+    return f"{where}: {reason}" if where else reason
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one subcommand. Expected failures print one line ``sslbench CMD: error: ...`` and return
+    their documented status; any other exception is a bug and keeps its traceback."""
     args = parse_command_line(argv)
     try:
-        return int(args.run(args) or 0)
+        return int(args.run(args) or EXIT_OK)
     except TrainingInterrupted as exc:  # saved; a requeued job continues with --resume
         print(f"sslbench {args.command}: {exc}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except SslbenchError as exc:
-        print(f"sslbench {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        print(f"sslbench {args.command}: error: {error_message(exc)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as exc:
+        print(f"sslbench {args.command}: error: {_os_error_line(exc)}", file=sys.stderr)
+        return EXIT_IO_ERROR
     except KeyboardInterrupt:
         print(f"sslbench {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_CTRL_C
 
 
 if __name__ == "__main__":

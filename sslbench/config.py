@@ -11,12 +11,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
-from omegaconf import OmegaConf
+import yaml
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from sslbench.errors import ConfigError
 
 T = TypeVar("T")
+
 
 def shipped_configs(group: str) -> list[str]:
     """Names of the configs shipped in ``sslbench/configs/<group>/`` (without ``.yaml``)."""
@@ -46,12 +48,31 @@ def _apply_override(config: Any, override: str) -> None:
     OmegaConf.update(config, key, value, merge=True)
 
 
+def read_yaml_mapping(path: str | Path) -> DictConfig:
+    """The YAML file at ``path`` as a mapping; a syntax error, an empty file or a YAML that is not a
+    mapping (a list, a number) is a ConfigError naming the file (and the line)."""
+    try:
+        loaded = OmegaConf.load(path)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"config {path}{where}: not valid YAML ({problem})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config {path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    if not isinstance(loaded, DictConfig):
+        raise ConfigError(f"config {path}: expected a mapping of keys to values, found a list")
+    if not loaded:
+        raise ConfigError(f"config {path}: holds no settings (an empty file?)")
+    return loaded
+
+
 def load_config(schema: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
     """Merge ``schema``'s defaults, the YAML at ``path`` and ``overrides`` into a ``schema`` instance."""
     try:
         merged = OmegaConf.structured(schema)
         if path is not None:
-            merged = OmegaConf.merge(merged, OmegaConf.load(path))
+            merged = OmegaConf.merge(merged, read_yaml_mapping(path))
         for override in overrides:
             _apply_override(merged, override)
         return OmegaConf.to_object(merged)  # type: ignore[return-value]

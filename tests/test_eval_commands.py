@@ -185,8 +185,12 @@ def test_linear_sgd_command_trains_a_head_with_the_backbone_unchanged(
     assert record.dataset["num_classes"] == 2 and record.dataset["options"] == {"class_list": str(class_list)}
     assert record.protocol["settings"]["milestone_epochs"] == [1, 2] and len(record.extra["history"]) == 2
     assert (out / "linear_state.pth").is_file()
-    # a rerun finds every epoch done and only re-scores the head
-    assert main(args) == 0
+    # a rerun is refused (the record stays); with --overwrite it finds every epoch done and only
+    # re-scores the head
+    before = (out / "result.json").read_bytes()
+    assert main(args) == 2
+    assert (out / "result.json").read_bytes() == before
+    assert main([*args, "--overwrite"]) == 0
     assert read_record(out / "result.json").extra["resumed_from_epoch"] == 2
 
 

@@ -131,10 +131,24 @@ def test_linear_sgd_rerun_with_another_lr_is_refused_unless_allowed_and_tensorbo
     capsys.readouterr()
 
     state = out / "linear_state.pth"
-    assert main(_linear(checkpoint, folder, out, "--lr", "0.2")) == 2
+    # the finished record is replaced on purpose (--overwrite); the state's resume rule still applies
+    assert main(_linear(checkpoint, folder, out, "--lr", "0.2", "--overwrite")) == 2
     _one_line(capsys.readouterr().err, str(state), "settings.lr 0.1 -> 0.2", "--allow-config-change")
     assert (
-        main(_linear(checkpoint, folder, out, "--lr", "0.2", "--epochs", "3", "--allow-config-change")) == 0
+        main(
+            _linear(
+                checkpoint,
+                folder,
+                out,
+                "--lr",
+                "0.2",
+                "--epochs",
+                "3",
+                "--allow-config-change",
+                "--overwrite",
+            )
+        )
+        == 0
     )
     record = read_record(out / "result.json")
     assert record.extra["resumed_from_epoch"] == 2 and len(record.extra["history"]) == 3
@@ -143,7 +157,7 @@ def test_linear_sgd_rerun_with_another_lr_is_refused_unless_allowed_and_tensorbo
 
     capsys.readouterr()
     state.write_bytes(b"garbage")
-    assert main(_linear(checkpoint, folder, out, "--lr", "0.2", "--epochs", "3")) == 2
+    assert main(_linear(checkpoint, folder, out, "--lr", "0.2", "--epochs", "3", "--overwrite")) == 2
     _one_line(capsys.readouterr().err, str(state), "damaged")
 
 

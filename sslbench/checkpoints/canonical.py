@@ -146,6 +146,16 @@ def match_backbone(state_dict: StateDict, arch: str, where: str) -> tuple[StateD
     return ordered, filled
 
 
+def check_values(state_dict: StateDict, where: str) -> None:
+    """Refuse weights no trained ResNet holds: complex numbers, NaN or infinite values."""
+    complex_keys = [k for k, v in state_dict.items() if v.is_complex()]
+    if complex_keys:
+        raise CheckpointError(f"{where}: complex-valued tensors: {_preview(complex_keys)}")
+    bad = [k for k, v in state_dict.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(f"{where}: NaN or infinite values in {_preview(bad)}")
+
+
 def tensors_differing(module: torch.nn.Module, reference: StateDict) -> list[str]:
     """Keys where ``module``'s state dict is not exactly ``reference`` (missing or extra keys too),
     sorted: the check behind "the backbone is the checkpoint's" guarantees (MoCo's sanity_check)."""

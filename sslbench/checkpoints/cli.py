@@ -101,6 +101,10 @@ def run_inspect(args: argparse.Namespace) -> int:
 
 
 def run_convert(args: argparse.Namespace) -> int:
+    from sslbench.run_folder import refuse_existing_file
+
+    if not args.overwrite:
+        refuse_existing_file(args.out, "--out")
     ckpt = checkpoint_from_args(args)
     WRITERS[args.to](ckpt, args.out)
     print(f"wrote {args.out} ({args.to}, {ckpt.arch}, from {ckpt.source_format})")
@@ -141,6 +145,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_checkpoint_arguments(p)
     p.add_argument("--to", required=True, choices=list(WRITERS), help="format to write")
     add_out_argument(p, "convert", "output file", required=True, old=("-o", "--output"))
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an existing output file (default: refuse)"
+    )
     p.set_defaults(run=run_convert)
 
     p = subparsers.add_parser(

@@ -132,6 +132,7 @@ def load_file(path: str | Path, trust: bool = False) -> tuple[Any, str]:
     with path.open("rb") as f:
         magic = f.read(2)
     if magic == b"PK":  # a zip archive: torch.save's format (torch.load reports truncation)
+        _check_zip_crcs(path)
         return _load_torch(path, trust), "torch"
     if magic[:1] == b"\x80":  # a pickle protocol header: Detectron2 .pkl or a legacy torch.save
         if _looks_like_legacy_torch(path):
@@ -141,6 +142,22 @@ def load_file(path: str | Path, trust: bool = False) -> tuple[Any, str]:
         f"{path}: not a checkpoint (neither a PyTorch zip archive, a safetensors file nor a pickle); "
         f"first bytes {magic!r}"
     )
+
+
+def _check_zip_crcs(path: Path) -> None:
+    """Compare every member of ``torch.save``'s zip archive with the CRC-32 stored beside it (torch
+    itself does not, so a flipped bit in a weight would load silently)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as exc:
+        raise CheckpointError(
+            f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): damaged zip archive, {exc}"
+        ) from None
+    if bad is not None:
+        raise CheckpointError(
+            f"{path}: damaged: the contents of {bad} do not match their stored CRC-32 (a corrupted copy?)"
+        )
 
 
 def _looks_like_legacy_torch(path: Path) -> bool:

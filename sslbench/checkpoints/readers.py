@@ -10,7 +10,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from sslbench.checkpoints.canonical import CanonicalCheckpoint, StateDict, infer_arch, match_backbone
+from sslbench.checkpoints.canonical import (
+    CanonicalCheckpoint,
+    StateDict,
+    check_values,
+    infer_arch,
+    match_backbone,
+)
 from sslbench.checkpoints.formats import (
     FORMATS,
     SSLBENCH_FORMAT,
@@ -97,8 +103,13 @@ def _group(key: str) -> str:
     return ".".join(parts[:depth])
 
 
-def _as_tensor(value: Any) -> torch.Tensor:
-    return torch.from_numpy(np.array(value, order="C", copy=True)) if isinstance(value, np.ndarray) else value
+def _as_tensor(value: Any, where: str) -> torch.Tensor:
+    if not isinstance(value, np.ndarray):
+        return value
+    try:
+        return torch.from_numpy(np.array(value, order="C", copy=True))
+    except TypeError:
+        raise CheckpointError(f"{where}: an array of dtype {value.dtype} is not numeric") from None
 
 
 def check_any_arch(arch: str) -> str:
@@ -156,7 +167,7 @@ def read_checkpoint(
             continue
         if not isinstance(value, (torch.Tensor, np.ndarray)):
             raise CheckpointError(f"{where}: {name} holds a {type(value).__name__}, not a tensor")
-        backbone[canonical] = _as_tensor(value)
+        backbone[canonical] = _as_tensor(value, f"{where}: {name}")
 
     if arch is None:
         arch = infer_arch(backbone, where, chosen.name)
@@ -171,6 +182,7 @@ def read_checkpoint(
     if prefix:
         where += f" after removing the prefix {prefix!r}"
     backbone, filled = match_backbone(backbone, arch, where)
+    check_values(backbone, where)
     others = tuple(str(k) for k in obj if k != entry) if entry else ()
     return CanonicalCheckpoint(
         state_dict=backbone,

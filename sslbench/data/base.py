@@ -8,6 +8,7 @@ RGB (CUB and iNat hold greyscale and CMYK files) and applies the transform.
 from __future__ import annotations
 
 import abc
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,24 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
+from sslbench.errors import DatasetError
+
 Transform = Callable[[Image.Image], Any]
+# 16-bit greyscale PNGs open in these modes; RGB conversion would clip them to white.
+_WIDE_GREY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def to_rgb(image: Image.Image, where: str) -> Image.Image:
+    """``image`` as 8-bit RGB. 16-bit greyscale (PNG) is scaled by 255/65535 first, as converting it
+    directly saturates every pixel above 255; floating-point images are refused (no known range)."""
+    if image.mode in _WIDE_GREY_MODES:
+        values = np.asarray(image, dtype=np.int64)
+        if values.size and (values.min() < 0 or values.max() > 65535):
+            raise DatasetError(f"{where}: {image.mode} image values outside 0..65535 (not a 16-bit image)")
+        image = Image.fromarray(((values * 255 + 32767) // 65535).astype(np.uint8), mode="L")
+    elif image.mode == "F":
+        raise DatasetError(f"{where}: floating-point image (mode F); convert it to 8 or 16 bits")
+    return image.convert("RGB")
 
 
 class LabeledImages(Dataset, abc.ABC):
@@ -49,8 +67,12 @@ class LabeledImages(Dataset, abc.ABC):
     def __len__(self) -> int:
         return len(self.targets)
 
+    def describe_sample(self, index: int) -> str:
+        """How errors name sample ``index``."""
+        return f"{self.name}/{self.split} index {index}"
+
     def __getitem__(self, index: int) -> tuple[Any, int]:
-        image = self.load_image(index).convert("RGB")
+        image = to_rgb(self.load_image(index), self.describe_sample(index))
         return (self.transform(image) if self.transform else image), self.targets[index]
 
 
@@ -73,13 +95,25 @@ class ImageFiles(LabeledImages):
         self.paths = [Path(p) for p in paths]
         self.crop_bottom = crop_bottom
 
+    def describe_sample(self, index: int) -> str:
+        return f"{self.paths[index]} ({self.name}/{self.split} index {index})"
+
     def load_image(self, index: int) -> Image.Image:
-        with Image.open(self.paths[index]) as image:
-            image.load()
-            if self.crop_bottom:
-                width, height = image.size
-                image = image.crop((0, 0, width, height - self.crop_bottom))
-            return image
+        """Decode the file; an unreadable, empty, truncated or oversized (PIL's decompression-bomb
+        limit) image is a DatasetError naming the file and the index."""
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(self.paths[index]) as image:
+                    image.load()
+                    if self.crop_bottom:
+                        width, height = image.size
+                        image = image.crop((0, 0, width, height - self.crop_bottom))
+                    return image
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise DatasetError(f"{self.describe_sample(index)}: refused, {exc}") from None
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise DatasetError(f"{self.describe_sample(index)}: cannot read the image ({exc})") from None
 
 
 class ImageArray(LabeledImages):

@@ -45,6 +45,7 @@ def _fixture_kind(name: str) -> str:
 def run_make_fixture(args: argparse.Namespace) -> int:
     from sslbench.data.fixtures import WRITERS
     from sslbench.errors import ConfigError
+    from sslbench.run_folder import refuse_non_empty
 
     out = args.out
     if args.out_positional is not None:
@@ -54,6 +55,8 @@ def run_make_fixture(args: argparse.Namespace) -> int:
         out = args.out_positional
     if out is None:
         raise ConfigError("make-fixture needs --out DIR (the folder to write into)")
+    if not args.overwrite:
+        refuse_non_empty(out, f"a {args.kind} fixture")
     fixture = WRITERS[args.kind](
         out, num_classes=args.classes, per_class=args.per_class, size=args.image_size, seed=args.seed
     )
@@ -64,6 +67,8 @@ def run_make_fixture(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from sslbench.options import image_size, positive_int
+
     p = subparsers.add_parser(
         "make-fixture",
         help="write a tiny dataset in a real on-disk layout (to check a set-up)",
@@ -78,8 +83,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("out_positional", nargs="?", type=Path, metavar="OUT", help=argparse.SUPPRESS)
     add_out_argument(p, "make-fixture", "folder to write into")
-    p.add_argument("--classes", type=int, default=DEFAULT_CLASSES, help="number of classes")
-    p.add_argument("--per-class", type=int, default=DEFAULT_PER_CLASS, help="images per class")
-    p.add_argument("--image-size", type=int, default=DEFAULT_SIZE, help="image side in pixels")
+    p.add_argument("--classes", type=positive_int, default=DEFAULT_CLASSES, help="number of classes")
+    p.add_argument("--per-class", type=positive_int, default=DEFAULT_PER_CLASS, help="images per class")
+    p.add_argument("--image-size", type=image_size, default=DEFAULT_SIZE, help="image side in pixels")
     p.add_argument("--seed", type=int, default=0, help="seed of the drawn images")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write into a folder that is not empty, replacing files of the same name (default: refuse)",
+    )
     p.set_defaults(run=run_make_fixture)

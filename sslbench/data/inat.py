@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sslbench.data.base import ImageFiles, Transform
-from sslbench.data.layout import require
+from sslbench.data.layout import read_text, require
 from sslbench.data.splits import stratified_holdout
 from sslbench.errors import DatasetError
 
@@ -29,9 +29,14 @@ LAYOUT = """  <root>/
 
 def _load(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        data = json.loads(read_text(path))
+    except (json.JSONDecodeError, RecursionError) as exc:
         raise DatasetError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise DatasetError(
+            f"{path}: expected a JSON object with images, annotations, categories; "
+            f"found a {type(data).__name__}"
+        )
     missing = [k for k in ("images", "annotations", "categories") if not isinstance(data.get(k), list)]
     if missing:
         raise DatasetError(f"{path}: expected COCO-like lists {', '.join(missing)}")
@@ -47,8 +52,15 @@ def inat18(root: Path, split: str, transform: Transform | None = None) -> ImageF
         label_of = {c["id"]: i for i, c in enumerate(categories)}
         file_of = {im["id"]: im["file_name"] for im in data["images"]}
         category_of = {a["image_id"]: a["category_id"] for a in data["annotations"]}
-    except (KeyError, TypeError) as exc:
+    except KeyError as exc:
         raise DatasetError(f"{json_path}: an entry lacks the field {exc}") from None
+    except TypeError:
+        raise DatasetError(
+            f"{json_path}: entries of images, annotations and categories must be objects with comparable ids"
+        ) from None
+    bad_files = [i for i, f in file_of.items() if not isinstance(f, str) or not Path(f).parts]
+    if bad_files:
+        raise DatasetError(f"{json_path}: images {bad_files[:8]} have no file_name string")
     if len(category_of) != len(data["annotations"]):
         raise DatasetError(f"{json_path}: some images have more than one annotation (expected one each)")
     unlabelled = sorted(set(file_of) - set(category_of))

@@ -28,11 +28,22 @@ def require(dataset: str, root: Path, relative: str, layout: str) -> Path:
     return path
 
 
+def read_text(path: Path) -> str:
+    """The UTF-8 text of ``path`` (the datasets' own encoding); other encodings are a DatasetError."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise DatasetError(
+            f"{path}:{line}: not UTF-8 text (byte {exc.object[exc.start]:#04x}); re-save the file as UTF-8"
+        ) from None
+
+
 def read_id_table(path: Path) -> list[tuple[str, str]]:
     """Lines ``"<id> <value>"`` split on the FIRST whitespace only (values may hold spaces and
     slashes, e.g. FGVC-Aircraft's ``F/A-18``); blank lines skipped, ids kept as strings."""
     rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(read_text(path).splitlines(), start=1):
         if not line.strip():
             continue
         parts = line.strip().split(maxsplit=1)
@@ -44,4 +55,4 @@ def read_id_table(path: Path) -> list[tuple[str, str]]:
 
 def read_lines(path: Path) -> list[str]:
     """Non-blank lines, stripped."""
-    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [line.strip() for line in read_text(path).splitlines() if line.strip()]

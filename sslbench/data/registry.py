@@ -72,6 +72,7 @@ class DatasetSpec:
     official_val: bool
     description: str
     options: tuple[str, ...] = ()  # keyword options ``build`` accepts
+    accepts_root: bool = True  # False: built in, a root given for it is a mistake
     headline_metric: str = "top1"  # what validation selects on and tables lead with
 
 
@@ -84,6 +85,7 @@ DATASETS: dict[str, DatasetSpec] = {
             False,
             False,
             "scikit-learn's handwritten digits (built in; no root needed)",
+            accepts_root=False,
         ),
         DatasetSpec(
             "fashion-mnist",
@@ -147,6 +149,11 @@ def build_dataset(
     if unknown:
         accepted = ", ".join(spec.options) or "none"
         raise DatasetError(f"{name}: unknown option(s) {', '.join(unknown)} (accepted: {accepted})")
+    if root is not None and not spec.accepts_root:
+        raise DatasetError(
+            f"{name}: a dataset root was given (--root / data.root = {root}), but {name} is built in "
+            "and reads none; drop the root, or name the dataset it belongs to"
+        )
     if spec.needs_root and root is None:
         raise DatasetError(f"{name}: --root is required ({spec.description})")
     return spec.build(Path(root) if root is not None else None, split, transform, **options)

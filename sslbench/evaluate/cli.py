@@ -25,20 +25,22 @@ from sslbench.evaluate.protocol_defaults import (
     QUERY_CHUNK,
     SgdSettings,
 )
+from sslbench.options import (
+    image_size,
+    knn_setting,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    unit_fraction,
+)
+from sslbench.run_folder import refuse_existing_record, refuse_unwritable
 from sslbench.runtime.arguments import add_runtime_arguments
 
 KNN_SOURCE = "DINO eval_knn.py (Caron et al. 2021); k=200, T=0.1 from InstDisc (Wu et al. 2018)"
 LBFGS_SOURCE = "ssl-transfer linear.py (Ericsson et al. CVPR 2021)"
 SGD_SOURCE = "MoCo main_lincls.py (He et al. 2020)"
 WD_TEXT = "-6, 5"
-
-
-def _knn_setting(text: str) -> tuple[int, float]:
-    try:
-        k, t = text.split(":")
-        return int(k), float(t)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected K:T such as 20:0.07, got {text!r}") from None
 
 
 @dataclass
@@ -88,13 +90,14 @@ def _open_run(args: argparse.Namespace, runtime: Any) -> _Run:
     from sslbench.data.cli import dataset_options_from_args
     from sslbench.evaluate.features import FeatureCache, lazy
     from sslbench.models.backbones import build_evaluated_backbone, check_image_size
-    from sslbench.tools.records import utc_now
+    from sslbench.tools.records import RECORD_NAME, utc_now
 
     started_at = utc_now()
-    if args.image_size < 8 or args.batch_size < 1 or args.workers < 0:
-        raise ConfigError("--image-size must be >= 8, --batch-size >= 1 and --workers >= 0")
+    if not args.overwrite:
+        refuse_existing_record(Path(args.out), RECORD_NAME)
     ckpt = checkpoint_from_args(args)
     check_image_size(ckpt, args.image_size)
+    refuse_unwritable(Path(args.out))  # fails now, not after the features are computed
 
     def backbone() -> torch.nn.Module:
         return build_evaluated_backbone(ckpt, args.image_size)
@@ -385,10 +388,16 @@ def _add_common(p: argparse.ArgumentParser, batch_size: int) -> None:
     add_checkpoint_arguments(p)
     add_dataset_arguments(p)
     p.add_argument("--out", type=Path, required=True, help="run folder: result.json is written there")
-    p.add_argument("--image-size", type=int, default=224, help="crop size (224 in the protocols)")
-    p.add_argument("--batch-size", type=int, default=batch_size, help="images per batch")
     p.add_argument(
-        "--workers", type=int, default=min(8, os.cpu_count() or 1), help="DataLoader worker processes"
+        "--overwrite", action="store_true", help="replace a result.json already in --out (default: refuse)"
+    )
+    p.add_argument("--image-size", type=image_size, default=224, help="crop size (224 in the protocols)")
+    p.add_argument("--batch-size", type=positive_int, default=batch_size, help="images per batch")
+    p.add_argument(
+        "--workers",
+        type=non_negative_int,
+        default=min(8, os.cpu_count() or 1),
+        help="DataLoader worker processes",
     )
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
     p.add_argument("--cache-dir", type=Path, help="feature cache folder (default: <--out>/../.feature_cache)")
@@ -401,7 +410,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_common(p, batch_size=256)
     p.add_argument(
         "--knn",
-        type=_knn_setting,
+        type=knn_setting,
         nargs="+",
         default=list(KNN_SETTINGS),
         metavar="K:T",
@@ -409,12 +418,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--primary",
-        type=_knn_setting,
+        type=knn_setting,
         default=PRIMARY_SETTING,
         metavar="K:T",
         help="setting reported as the record's metrics (default: {}:{})".format(*PRIMARY_SETTING),
     )
-    p.add_argument("--chunk-size", type=int, default=QUERY_CHUNK, help="queries per FAISS search")
+    p.add_argument("--chunk-size", type=positive_int, default=QUERY_CHUNK, help="queries per FAISS search")
     p.set_defaults(run=run_knn)
 
     d = SgdSettings()
@@ -425,22 +434,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     g = p.add_argument_group("lbfgs (ssl-transfer)")
     g.add_argument(
-        "--c-grid-size", type=int, default=C_GRID_SIZE, help="points of logspace(-6, 5, N) for wd=1/C"
+        "--c-grid-size",
+        type=positive_int,
+        default=C_GRID_SIZE,
+        help="points of logspace(-6, 5, N) for wd=1/C",
     )
-    g.add_argument("--max-iter", type=int, default=LBFGS_MAX_ITER, help="L-BFGS iterations per fit")
+    g.add_argument("--max-iter", type=positive_int, default=LBFGS_MAX_ITER, help="L-BFGS iterations per fit")
     g = p.add_argument_group("sgd (MoCo main_lincls)")
-    g.add_argument("--epochs", type=int, default=d.epochs, help="training epochs")
-    g.add_argument("--lr", type=float, default=d.lr, help="SGD learning rate (MoCo: 30 at batch 256)")
-    g.add_argument("--weight-decay", type=float, default=d.weight_decay, help="SGD weight decay")
+    g.add_argument("--epochs", type=positive_int, default=d.epochs, help="training epochs")
+    g.add_argument(
+        "--lr", type=positive_float, default=d.lr, help="SGD learning rate (MoCo: 30 at batch 256)"
+    )
+    g.add_argument("--weight-decay", type=non_negative_float, default=d.weight_decay, help="SGD weight decay")
     g.add_argument(
         "--milestones",
-        type=float,
+        type=unit_fraction,
         nargs="+",
         default=list(d.milestones),
         help="lr x0.1 at these fractions of training",
     )
     g.add_argument(
-        "--crop-scale", type=float, default=d.crop_scale[0], help="RandomResizedCrop min scale (FT repo: 0.2)"
+        "--crop-scale",
+        type=unit_fraction,
+        default=d.crop_scale[0],
+        help="RandomResizedCrop min scale (FT repo: 0.2)",
     )
     add_runtime_arguments(g)
     p.set_defaults(run=run_linear)

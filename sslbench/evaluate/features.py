@@ -9,8 +9,9 @@ gathered back in dataset order on every rank: the same matrix as one process.
 :class:`FeatureCache` stores one file per :class:`FeatureKey` (checkpoint sha256, dataset, root,
 options, split, transform, precision, and a fingerprint of the split's labels) under a cache
 folder; the commands default to ``<--out>/../.feature_cache`` so that runs side by side share it.
-A file is written atomically and checked against its key when read, so a stale or foreign file is
-never used: it is recomputed.
+A file is written atomically with a sha256 of its contents, and checked when read: its key, that
+hash, its row count and its labels against the dataset's targets. A stale, foreign, cut or edited
+file is never used: it is recomputed, with a warning saying why.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from sslbench.runtime.process import Runtime
 from sslbench.runtime.progress import Progress
 from sslbench.runtime.sampling import shard
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: files carry a content hash (version 1 files are recomputed)
 
 
 def extract_features(
@@ -121,25 +122,63 @@ class FeatureCache:
     def path(self, key: FeatureKey) -> Path:
         return self.directory / f"{key.dataset}-{key.split}-{key.digest()[:16]}.pt"
 
-    def load(self, key: FeatureKey) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def load(
+        self, key: FeatureKey, targets: Sequence[int] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The cached ``(features, labels)`` of ``key``, or None (with a warning on stderr when a file is
+        there but does not prove it belongs: see :func:`cache_problem`). ``targets``: the dataset's."""
         path = self.path(key)
         if not path.is_file():
             return None
         try:
             stored = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # unreadable file (truncated copy, other torch): recompute it
-            print(f"feature cache: ignoring unreadable {path} ({exc})", file=sys.stderr)
+            print(f"feature cache: ignoring unreadable {path} ({exc}); recomputing", file=sys.stderr)
             return None
-        if stored.get("version") != CACHE_VERSION or stored.get("key") != key.as_dict():
+        problem = cache_problem(stored, key, targets)
+        if problem is not None:
+            print(f"feature cache: ignoring {path}: {problem}; recomputing", file=sys.stderr)
             return None
         return stored["features"], stored["labels"]
 
     def save(self, key: FeatureKey, features: torch.Tensor, labels: torch.Tensor) -> Path:
         path = self.path(key)
-        torch_save(
-            {"version": CACHE_VERSION, "key": key.as_dict(), "features": features, "labels": labels}, path
-        )
+        stored = {"version": CACHE_VERSION, "key": key.as_dict(), "features": features, "labels": labels}
+        stored["sha256"] = content_sha256(features, labels)
+        torch_save(stored, path)
         return path
+
+
+def content_sha256(features: torch.Tensor, labels: torch.Tensor) -> str:
+    """sha256 over the features' and labels' dtypes, shapes and bytes."""
+    digest = hashlib.sha256()
+    for tensor in (features, labels):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
+        digest.update(tensor.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def cache_problem(stored: Any, key: FeatureKey, targets: Sequence[int] | None) -> str | None:
+    """Why a loaded cache file may not be used for ``key`` (None: it may)."""
+    if not isinstance(stored, dict) or stored.get("version") != CACHE_VERSION:
+        return f"not a version-{CACHE_VERSION} feature cache file"
+    if stored.get("key") != key.as_dict():
+        return "written for other settings (its key differs)"
+    features, labels = stored.get("features"), stored.get("labels")
+    if not isinstance(features, torch.Tensor) or not isinstance(labels, torch.Tensor):
+        return "features or labels missing"
+    if features.dim() != 2 or labels.dim() != 1 or len(features) != len(labels):
+        return f"malformed: features {tuple(features.shape)}, labels {tuple(labels.shape)}"
+    if len(labels) != key.num_samples:
+        return f"{len(labels)} rows, but the split has {key.num_samples} samples"
+    if stored.get("sha256") != content_sha256(features, labels):
+        return "its contents do not match the sha256 written with them (edited or damaged)"
+    if targets is not None and labels.tolist() != list(targets):
+        return "its labels differ from the dataset's targets"
+    if not bool(torch.isfinite(features).all()):
+        return "it holds non-finite features"
+    return None
 
 
 @dataclass
@@ -200,7 +239,7 @@ def split_features(
     """Features of ``dataset`` (its transform applied), from ``cache`` when it holds ``key`` (on every
     rank), else extracted with the backbone ``model()`` returns (called only then), sharded over the
     ranks under DDP, and stored by the main rank."""
-    hit = cache.load(key) if cache is not None else None
+    hit = cache.load(key, dataset.targets) if cache is not None else None
     # every rank must take the same branch: the extraction is a collective
     if not runtime.any(hit is None) and hit is not None and cache is not None:
         return SplitFeatures(hit[0], hit[1], True, cache.path(key))

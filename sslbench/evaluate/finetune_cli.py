@@ -16,6 +16,8 @@ from sslbench.checkpoints.cli import add_checkpoint_arguments
 from sslbench.commandline import add_out_argument, add_overrides_argument, deprecated
 from sslbench.data.cli import add_dataset_arguments
 from sslbench.errors import ConfigError
+from sslbench.options import image_size
+from sslbench.run_folder import refuse_previous_run
 from sslbench.runtime.arguments import add_runtime_arguments
 
 DEFAULT_CONFIG = "ssl_transfer"
@@ -51,8 +53,7 @@ def _overrides(args: argparse.Namespace) -> list[str]:
     return overrides + list(args.set or []) + list(args.overrides)
 
 
-def _has_previous_run(out: Path) -> bool:
-    return any((out / name).exists() for name in ("grid", "final", "best.pth"))
+PREVIOUS_RUN_MARKERS = ("grid", "final", "best.pth")  # what a started fine-tune run leaves in --out
 
 
 def run_finetune(args: argparse.Namespace, on_step: Any = None) -> int:
@@ -86,10 +87,8 @@ def run_finetune(args: argparse.Namespace, on_step: Any = None) -> int:
     if args.workers < 0:
         raise ConfigError("--workers must be >= 0")
     out = Path(args.out)
-    if _has_previous_run(out) and not args.resume:
-        raise ConfigError(
-            f"{out}: holds a previous fine-tune run; pass --resume to continue it, or use another --out"
-        )
+    if not args.resume:
+        refuse_previous_run(out, PREVIOUS_RUN_MARKERS, "fine-tune run")
     runtime = start_runtime(args.device)
     device = runtime.device
     if config.batch_size % runtime.world:
@@ -232,7 +231,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--steps", type=int, help="optimizer steps per run (ssl-transfer: 5000)")
     g.add_argument("--epochs", type=int, help="epochs per run instead of steps (VISSL schedules)")
     g.add_argument("--batch-size", type=int, help="total batch (ssl-transfer: 64)")
-    g.add_argument("--image-size", type=int, help="crop size (224)")
+    g.add_argument("--image-size", type=image_size, help="crop size (224)")
     g.add_argument("--grid-size", type=int, help="ssl-transfer grid: N lrs x (N + 1) wds (4)")
     g.add_argument("--grid-lr", type=float, nargs="+", help="explicit grid: these lrs ...")
     g.add_argument("--grid-wd", type=float, nargs="+", help="... times these (absolute) weight decays")

@@ -17,6 +17,7 @@ ever chosen on the test split.
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from sslbench.atomic import write_json
+from sslbench.atomic import finite_or_null, write_json
 from sslbench.checkpoints.canonical import CanonicalCheckpoint
 from sslbench.errors import ConfigError
 from sslbench.evaluate.finetune import (
@@ -41,6 +42,7 @@ from sslbench.evaluate.finetune import (
     finetune,
     save_finetuned,
 )
+from sslbench.options import MAX_IMAGE_SIZE
 from sslbench.runtime.process import Runtime
 from sslbench.runtime.progress import Eta, MetricsLog
 from sslbench.runtime.resume import change_entry, check_fingerprint, read_json_result
@@ -100,6 +102,18 @@ class FinetuneConfig:
             problems.append("grid_size, batch_size, save_every must be >= 1 and image_size >= 8")
         if (self.steps < 1 and self.epochs < 1) or len(self.crop_scale) != 2:
             problems.append("need steps >= 1 (or epochs >= 1) and crop_scale = [min, max]")
+        elif not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
+            problems.append(f"crop_scale {list(self.crop_scale)} must satisfy 0 < min <= max <= 1")
+        if self.image_size > MAX_IMAGE_SIZE:
+            problems.append(f"image_size {self.image_size} is above {MAX_IMAGE_SIZE} pixels")
+        for name, values, low in (
+            ("lr", [self.lr] if self.lr is not None else [], 0.0),
+            ("weight_decay", [self.weight_decay] if self.weight_decay is not None else [], None),
+            ("grid_lr", list(self.grid_lr or []), 0.0),
+            ("grid_wd", list(self.grid_wd or []), None),
+        ):
+            if not all(math.isfinite(v) and (v > low if low is not None else v >= 0) for v in values):
+                problems.append(f"{name} {values} must be finite and {'> 0' if low is not None else '>= 0'}")
         length, unit = (self.epochs, "epochs") if self.epochs > 0 else (self.steps, "steps")
         if self.schedule == "multistep" and not all(0 < m < length for m in self.milestones):
             problems.append(f"milestones {self.milestones} must lie inside the run (0, {length}) {unit}")
@@ -284,7 +298,7 @@ def _run_point(
                     "source_checkpoint_sha256": protocol.ckpt.sha256,
                 },
             )
-        write_json(result_path, result)
+        write_json(result_path, finite_or_null(result))  # a diverged run's NaN loss: null
         (folder / "state.pth").unlink(missing_ok=True)
     protocol.runtime.barrier()
     return {**result, "skipped": False}

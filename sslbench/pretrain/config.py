@@ -15,6 +15,7 @@ from pathlib import Path
 from sslbench.config import load_config, resolve_config_path
 from sslbench.errors import ConfigError
 from sslbench.models.archs import ARCHS
+from sslbench.options import MAX_IMAGE_SIZE
 
 AUGMENTATIONS = ("mocov1", "mocov2")
 SCHEDULES = ("cosine", "step")
@@ -128,6 +129,8 @@ def validate(cfg: PretrainConfig, world_size: int = 1) -> PretrainConfig:
         ("ft.alpha_neg", cfg.ft.alpha_neg),
     ):
         _positive(key, value)
+    if cfg.augment.size > MAX_IMAGE_SIZE:
+        raise ConfigError(f"augment.size={cfg.augment.size}: expected at most {MAX_IMAGE_SIZE} pixels")
     if not 0.0 <= cfg.moco.momentum <= 1.0:
         raise ConfigError(f"moco.momentum={cfg.moco.momentum}: expected a value in [0, 1]")
     if not 0.0 < cfg.augment.min_scale <= 1.0:

@@ -13,6 +13,7 @@ def run_leaderboard(args: argparse.Namespace) -> int:
     from sslbench.tools.leaderboard import (
         build_leaderboard,
         parse_label_options,
+        printable,
         to_markdown,
         write_leaderboard,
     )
@@ -25,9 +26,12 @@ def run_leaderboard(args: argparse.Namespace) -> int:
         baselines=args.baseline,
     )
     for problem in board.skipped:
-        print(f"sslbench leaderboard: skipped {problem.path}: {problem.message}", file=sys.stderr)
+        print(
+            f"sslbench leaderboard: skipped {printable(f'{problem.path}: {problem.message}')}",
+            file=sys.stderr,
+        )
     for warning in board.warnings:
-        print(f"sslbench leaderboard: warning: {warning}", file=sys.stderr)
+        print(f"sslbench leaderboard: warning: {printable(warning)}", file=sys.stderr)
     print(to_markdown(board), end="")
     for path in write_leaderboard(board, args.out).values():
         print(f"wrote {path}")

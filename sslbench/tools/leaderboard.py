@@ -14,8 +14,13 @@ number of seeds. Rules:
   each titled with its hash, and a warning names the settings that differ.
 * Two records of one checkpoint, column and seed (a re-run elsewhere) are not both counted: the newest
   is kept, with a warning.
-* A record that cannot be read (corrupt, half-written, invalid) is reported by path and skipped; a
-  record of a failed run is listed with its error, never counted.
+* A record that cannot be read (corrupt, half-written, invalid: a non-finite or out-of-range
+  metric, a malformed time, a NaN seed) is reported by path and skipped; so is anything named
+  ``result.json`` that is not a regular file (a FIFO or device is never opened). A record of a failed
+  run is listed with its error, never counted.
+* Text from records (labels, dataset and protocol names) is made safe for each output: control
+  characters (terminal escapes) are dropped, a newline never splits a Markdown row, and a CSV cell
+  that a spreadsheet would run as a formula (starting with ``= + - @``) is prefixed with ``'``.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import hashlib
 import html
 import json
 import math
+import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +40,7 @@ import pandas as pd
 from sslbench.atomic import write_text
 from sslbench.errors import ConfigError, RecordError
 from sslbench.tools.published import PUBLISHED, SOURCE, PublishedKey
-from sslbench.tools.records import RECORD_NAME, ResultRecord, read_record
+from sslbench.tools.records import RECORD_NAME, ResultRecord, parse_timestamp, read_record
 
 LABELS_NAME = "labels.json"
 BASELINES_NAME = "baselines.json"
@@ -110,13 +116,38 @@ class Leaderboard:
         return None if values.empty else float(values.max())
 
 
+def printable(text: str) -> str:
+    """``text`` without control characters (terminal escape sequences); line breaks become spaces."""
+    text = text.replace("\r\n", " ").replace("\n", " ").replace("\r", " ").replace("\t", " ")
+    return "".join(ch for ch in text if unicodedata.category(ch) not in ("Cc", "Cf"))
+
+
+def csv_safe(value: Any) -> Any:
+    """A text cell a spreadsheet would evaluate as a formula (``= + - @``) gets a leading ``'``."""
+    if isinstance(value, str):
+        value = printable(value)
+        if value[:1] in ("=", "+", "-", "@"):
+            return "'" + value
+    return value
+
+
+def _regular_files(root: Path, name: str) -> tuple[list[Path], list[Problem]]:
+    """The regular files called ``name`` below ``root``; anything else of that name (a FIFO, a
+    device, a folder) is a problem, never opened."""
+    found, odd = [], []
+    for path in sorted(root.rglob(name)):
+        (found if path.is_file() else odd).append(path)
+    return found, [Problem(p, "not a regular file; not opened") for p in odd]
+
+
 def collect_records(root: str | Path) -> tuple[list[tuple[Path, ResultRecord]], list[Problem]]:
     """Every readable ``result.json`` below ``root`` (sorted by path), and the unreadable ones."""
     root = Path(root)
     if not root.is_dir():
         raise ConfigError(f"{root}: no such results folder")
-    records, skipped = [], []
-    for path in sorted(root.rglob(RECORD_NAME)):
+    records = []
+    paths, skipped = _regular_files(root, RECORD_NAME)
+    for path in paths:
         try:
             records.append((path, read_record(path)))
         except RecordError as exc:
@@ -124,18 +155,22 @@ def collect_records(root: str | Path) -> tuple[list[tuple[Path, ResultRecord]], 
     return records, skipped
 
 
-def read_labels(root: str | Path) -> dict[str, str]:
-    """sha256 -> label from every ``labels.json`` below ``root`` (written by the suite and quickstart)."""
+def read_labels(root: str | Path) -> tuple[dict[str, str], list[Problem]]:
+    """sha256 -> label from every ``labels.json`` below ``root`` (written by the suite and quickstart),
+    and the files that could not be used."""
     labels: dict[str, str] = {}
-    for path in sorted(Path(root).rglob(LABELS_NAME)):
+    paths, problems = _regular_files(Path(root), LABELS_NAME)
+    for path in paths:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ConfigError(f"{path}: not a readable labels file ({exc})") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+            problems.append(Problem(path, f"not a readable labels file ({exc})"))
+            continue
         if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
-            raise ConfigError(f"{path}: expected a JSON object mapping checkpoint sha256 to a label")
-        labels.update(data)
-    return labels
+            problems.append(Problem(path, "expected a JSON object mapping checkpoint sha256 to a label"))
+            continue
+        labels.update({str(k): printable(v) for k, v in data.items()})
+    return labels, problems
 
 
 def read_baselines(root: str | Path) -> set[str]:
@@ -175,7 +210,7 @@ def parse_label_options(options: Sequence[str]) -> dict[str, str]:
         key, sep, label = option.partition("=")
         if not sep or not key or not label:
             raise ConfigError(f"--label {option!r}: expected KEY=LABEL (KEY a sha256 prefix or a file name)")
-        labels[key] = label
+        labels[key] = printable(label)
     return labels
 
 
@@ -252,7 +287,7 @@ def _row_labels(
         chosen = next(
             (v for k, v in given.items() if sha.startswith(k.lower()) or k in (path, Path(path).name)), None
         )
-        labels[sha] = chosen or found.get(sha) or name
+        labels[sha] = printable(chosen or found.get(sha) or name)
     counts = pd.Series(list(labels.values())).value_counts()
     for sha, label in labels.items():
         if counts[label] > 1:
@@ -266,6 +301,32 @@ def _differing_settings(identities: Sequence[Mapping[str, Any]]) -> list[str]:
     return [k for k in keys if len({json.dumps(f.get(k), sort_keys=True, default=str) for f in flat}) > 1]
 
 
+def _record_rows(
+    path: Path, record: ResultRecord, names: Mapping[str, str], all_metrics: bool
+) -> tuple[list[dict[str, Any]], dict[str, Any], str]:
+    """One long-format row per shown metric of ``record``, with its protocol identity and hash."""
+    identity = protocol_identity(record)
+    digest = settings_hash(identity)
+    finished = parse_timestamp(record.finished_at).timestamp() if record.finished_at else -math.inf
+    rows = [
+        {
+            "sha256": record.checkpoint["sha256"],
+            "row": names[record.checkpoint["sha256"]],
+            "task": record.task,
+            "dataset": printable(dataset_label(record.dataset)),
+            "protocol": printable(record.protocol["name"]),
+            "metric": printable(metric),
+            "settings": digest,
+            "seed": record.seed,
+            "value": float(record.metrics[metric]),
+            "finished_at": finished,
+            "path": str(path),
+        }
+        for metric in shown_metrics(record, all_metrics)
+    ]
+    return rows, identity, digest
+
+
 def build_leaderboard(
     root: str | Path,
     labels: Mapping[str, str] | None = None,
@@ -276,9 +337,10 @@ def build_leaderboard(
     """Read every record below ``root`` and aggregate it (see the module docstring); ``baselines``:
     checkpoints (sha256 prefix or file name) to mark as baselines, beside ``baselines.json``."""
     loaded, skipped = collect_records(root)
-    failed = [Problem(p, r.error or "failed") for p, r in loaded if r.status == "failed"]
+    failed = [Problem(p, printable(r.error or "failed")) for p, r in loaded if r.status == "failed"]
     ok = [(p, r) for p, r in loaded if r.status == "ok" and r.task != "pretrain"]
-    found = read_labels(root)
+    found, label_problems = read_labels(root)
+    skipped += label_problems
     names = _row_labels((r for _, r in ok), found, labels or {})
     # rows in the order of labels.json (the suite's order of checkpoints), then by name
     position = {names[sha]: i for i, sha in enumerate(found) if sha in names}
@@ -287,25 +349,13 @@ def build_leaderboard(
 
     long_rows, identities = [], {}
     for path, record in ok:
-        identity = protocol_identity(record)
-        digest = settings_hash(identity)
+        try:
+            rows, identity, digest = _record_rows(path, record, names, all_metrics)
+        except (TypeError, ValueError, KeyError, AttributeError, RecursionError) as exc:
+            skipped.append(Problem(path, f"cannot be tabulated ({type(exc).__name__}: {exc})"))
+            continue
         identities[digest] = identity
-        for metric in shown_metrics(record, all_metrics):
-            long_rows.append(
-                {
-                    "sha256": record.checkpoint["sha256"],
-                    "row": names[record.checkpoint["sha256"]],
-                    "task": record.task,
-                    "dataset": dataset_label(record.dataset),
-                    "protocol": record.protocol["name"],
-                    "metric": metric,
-                    "settings": digest,
-                    "seed": record.seed,
-                    "value": float(record.metrics[metric]),
-                    "finished_at": record.finished_at or "",
-                    "path": str(path),
-                }
-            )
+        long_rows += rows
     columns_of = ["task", "dataset", "protocol", "metric"]
     frame = pd.DataFrame(
         long_rows, columns=["sha256", "row", *columns_of, "settings", "seed", "value", "finished_at", "path"]
@@ -424,7 +474,7 @@ def row_title(board: Leaderboard, row: str) -> str:
 
 def to_markdown(board: Leaderboard) -> str:
     def escape(text: str) -> str:
-        return text.replace("|", "\\|")
+        return printable(text).replace("|", "\\|")
 
     header = ["checkpoint", *(escape(c.title) for c in board.columns)]
     lines = ["| " + " | ".join(header) + " |", "| --- |" + " ---: |" * len(board.columns)]
@@ -447,13 +497,13 @@ def to_markdown(board: Leaderboard) -> str:
 
 def to_frame(board: Leaderboard) -> pd.DataFrame:
     """The wide table: one row per checkpoint; ``<column> mean``, ``<column> std``, ``<column> n``."""
-    data: dict[str, list[Any]] = {"checkpoint": list(board.rows)}
+    data: dict[str, list[Any]] = {"checkpoint": [csv_safe(row) for row in board.rows]}
     data["published"] = [row in board.published_rows for row in board.rows]
     data["baseline"] = [row in board.baseline_rows for row in board.rows]
     for column in board.columns:
         cells = [board.cell(row, column) for row in board.rows]
         for stat in ("mean", "std", "n"):
-            data[f"{column.title} {stat}"] = [math.nan if c is None else c[stat] for c in cells]
+            data[csv_safe(f"{column.title} {stat}")] = [math.nan if c is None else c[stat] for c in cells]
     return pd.DataFrame(data)
 
 

@@ -6,7 +6,7 @@ Schema version 1 (accuracies and APs in percent)::
     task             knn | linear | finetune | detection | pretrain
     protocol         {"name": str, "source": str, "settings": {...}}   full settings, as run
     dataset          {"name": str, "root": str|null, "split": str, ...}
-    metrics          {name: float}                                     e.g. top1, top5, mean_per_class
+    metrics          {name: float}      finite, in [0, 100]            e.g. top1, top5, mean_per_class
     checkpoint       {"path", "sha256", "format", "key", "arch"}
     seed             int
     software         {"sslbench", "git", "python", "torch", "cuda", "gpu"}     optional
@@ -14,16 +14,20 @@ Schema version 1 (accuracies and APs in percent)::
     status           ok | failed;   error: str | null                           optional (ok, null)
     extra            free-form details (grids, per-k tables, paths of artefacts) optional
 
-Records are validated on write and on read, and written atomically. Reading accepts every schema
-version up to this one: a record of version ``n`` goes through ``UPGRADES[n]`` (a function from a
-version-``n`` dict to a version-``n + 1`` dict) until it reaches :data:`SCHEMA_VERSION`; an optional
-field a writer left out is read as its "unknown" value (:data:`OPTIONAL_FIELDS`), never as the
-reader's own time or software. Changing the schema means bumping the version and adding its upgrade.
+Records are validated on write and on read, and written atomically as strict JSON: a non-finite
+number outside ``metrics`` (a diverged loss in a history, an undefined AP) is written as null, and a
+non-finite or out-of-range metric, a malformed timestamp or a non-integer seed is refused. Reading
+accepts every schema version up to this one: a record of version ``n`` goes through ``UPGRADES[n]``
+(a function from a version-``n`` dict to a version-``n + 1`` dict) until it reaches
+:data:`SCHEMA_VERSION`; an optional field a writer left out is read as its "unknown" value
+(:data:`OPTIONAL_FIELDS`), never as the reader's own time or software. Changing the schema means
+bumping the version and adding its upgrade.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import platform
 import subprocess
 from collections.abc import Callable
@@ -35,7 +39,7 @@ from typing import Any
 import torch
 
 from sslbench import __version__
-from sslbench.atomic import write_json
+from sslbench.atomic import finite_or_null, write_json
 from sslbench.errors import RecordError
 
 SCHEMA_VERSION = 1
@@ -55,8 +59,33 @@ OPTIONAL_FIELDS: dict[str, Callable[[], Any]] = {
 UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
 
 
+METRIC_RANGE = (0.0, 100.0)  # accuracies and APs, in percent
+
+
 def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def parse_timestamp(text: str) -> datetime:
+    """An ISO 8601 time as an aware datetime (a time without a zone is taken as UTC); ValueError if
+    ``text`` is not one."""
+    moment = datetime.fromisoformat(text)
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _metric_problems(metrics: Any) -> list[str]:
+    if not isinstance(metrics, dict):
+        return ["metrics must map names to numbers"]
+    problems = []
+    low, high = METRIC_RANGE
+    for name, value in metrics.items():
+        if not isinstance(name, str) or not isinstance(value, (int, float)) or isinstance(value, bool):
+            problems.append(f"metric {name!r} must be a number, found {type(value).__name__}")
+        elif not math.isfinite(value):
+            problems.append(f"metric {name} is {value} (not finite)")
+        elif not low <= value <= high:
+            problems.append(f"metric {name} = {value} is outside [{low:g}, {high:g}] (percent)")
+    return problems
 
 
 def _git_revision() -> str | None:
@@ -113,13 +142,13 @@ class ResultRecord:
             problems.append("protocol.settings must be a mapping")
         if not isinstance(self.dataset, dict) or not isinstance(self.dataset.get("name"), str):
             problems.append("dataset needs a 'name'")
+        elif not isinstance(self.dataset.get("options") or {}, dict):
+            problems.append("dataset.options must be a mapping")
         if not isinstance(self.checkpoint, dict) or not isinstance(self.checkpoint.get("sha256"), str):
             problems.append("checkpoint needs a 'sha256'")
-        if not isinstance(self.metrics, dict) or not all(
-            isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool)
-            for k, v in self.metrics.items()
-        ):
-            problems.append("metrics must map names to numbers")
+        elif not isinstance(self.checkpoint.get("path") or "", str):
+            problems.append("checkpoint.path must be a string")
+        problems += _metric_problems(self.metrics)
         if self.status not in ("ok", "failed"):
             problems.append(f"status {self.status!r} is not ok|failed")
         if self.status == "ok" and not self.metrics:
@@ -132,8 +161,12 @@ class ResultRecord:
             if not isinstance(getattr(self, name), dict):
                 problems.append(f"{name} must be a mapping")
         for name in ("started_at", "finished_at"):
-            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
-                problems.append(f"{name} must be an ISO 8601 string or null")
+            value = getattr(self, name)
+            try:
+                if value is not None:
+                    parse_timestamp(value)
+            except (TypeError, ValueError):
+                problems.append(f"{name} {value!r} is not an ISO 8601 time")
         if problems:
             raise RecordError(f"{where}: invalid result record: " + "; ".join(problems))
         return self
@@ -188,7 +221,7 @@ def write_record(out_dir: str | Path, record: ResultRecord) -> Path:
         record.finished_at = utc_now()
     path = Path(out_dir) / RECORD_NAME
     record.validate(str(path))
-    write_json(path, record.to_dict())
+    write_json(path, finite_or_null(record.to_dict()))
     return path
 
 
@@ -198,4 +231,6 @@ def read_record(path: str | Path) -> ResultRecord:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise RecordError(f"{path}: not a readable JSON record ({exc})") from None
+    except RecursionError:
+        raise RecordError(f"{path}: not a readable JSON record (nested too deeply)") from None
     return ResultRecord.from_dict(data, str(path))

@@ -310,7 +310,12 @@ def _write_labels(out: Path, hashes: Sequence[tuple[Path, str]], labels: Sequenc
     if len(labels) != len(hashes):
         raise ConfigError(f"--labels: {len(labels)} labels for {len(hashes)} checkpoints")
     path = out / LABELS_NAME
-    known = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    try:
+        known = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ConfigError(f"{path}: not a readable labels file ({exc}); fix or remove it") from None
+    if not isinstance(known, dict):
+        raise ConfigError(f"{path}: expected a JSON object mapping checkpoint sha256 to a label")
     known.update({sha: label for (_, sha), label in zip(hashes, labels, strict=True)})
     write_json(path, known)
 

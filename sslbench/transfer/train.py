@@ -27,6 +27,7 @@ from torch import nn
 from sslbench.checkpoints.canonical import CanonicalCheckpoint
 from sslbench.checkpoints.writers import write_detectron2
 from sslbench.errors import CheckpointError, ConfigError, RecordError
+from sslbench.run_folder import check_backbone_source
 from sslbench.tools.records import RECORD_NAME, ResultRecord, read_record, write_record
 from sslbench.transfer.config import build_config, check_world_size, protocol_settings
 from sslbench.transfer.datasets import check_datasets, datasets_root, register_fixture_datasets
@@ -211,6 +212,8 @@ def run_detection(
         _check_devices(cfg.MODEL.DEVICE, num_gpus)
         check_datasets(cfg.DATASETS.TRAIN, cfg.DATASETS.TEST, cfg.MODEL.ROI_HEADS.NUM_CLASSES)
         configs.append((seed, cfg, _check_run_folder(Path(cfg.OUTPUT_DIR), resume)))
+    if machine_rank == 0:  # a resumed run continues from the checkpoint it started from, or not at all
+        check_backbone_source(out, ckpt.describe(), resume)
     write_detectron2(ckpt, weights)
 
     records = []
