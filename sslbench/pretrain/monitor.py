@@ -21,7 +21,7 @@ from torch import nn
 from sslbench.data.base import LabeledImages
 from sslbench.data.registry import build_dataset
 from sslbench.data.transforms import eval_transform
-from sslbench.errors import ConfigError
+from sslbench.errors import ConfigError, SslbenchError
 from sslbench.evaluate.features import extract_split
 from sslbench.evaluate.knn import PRIMARY_SETTING, knn_classify
 from sslbench.pretrain.config import PretrainConfig
@@ -48,7 +48,12 @@ class KnnMonitor:
             ("monitor.bank_split", cfg.monitor.bank_split),
             ("monitor.split", cfg.monitor.split),
         ):
-            images = build_dataset(dataset, cfg.monitor.root, split, transform)
+            try:
+                images = build_dataset(dataset, cfg.monitor.root, split, transform)
+            except SslbenchError as exc:
+                raise ConfigError(
+                    f"monitor.dataset={dataset} monitor.root={cfg.monitor.root}: {exc}"
+                ) from None
             if len(images) == 0:
                 raise ConfigError(f"{key}={split}: the split of {dataset} is empty")
             splits.append(images)

@@ -330,7 +330,7 @@ def _train(
             metrics.write("pretrain", trainer.global_step, epoch=epoch, knn_top1=top1)
             progress.note(knn_top1=top1)
 
-    every = cfg.collapse.feature_every  # the features of steps 0, N, 2N... (global step before the step)
+    every = cfg.collapse.feature_every  # backbone features measured on steps N, 2N, ... (1-based)
     with catch_stop_signals() as stop:
         while trainer.epoch < cfg.epochs:
             epoch = trainer.epoch
@@ -361,7 +361,7 @@ def _train(
                         precision.images(im_q),
                         precision.images(im_k),
                         apply_ft=epoch >= cfg.ft.start_epoch,
-                        measure_features=bool(every and trainer.global_step % every == 0),
+                        measure_features=bool(every and (trainer.global_step + 1) % every == 0),
                     )
                 loss = F.cross_entropy(output.logits, labels)
                 trainer.optimizer.zero_grad(set_to_none=True)
