@@ -122,7 +122,8 @@ def test_pretrain_command_reports_bad_input_in_one_line(tmp_path, capsys, overri
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
-def _ddp_rank(rank: int, world: int, port: int, out: str) -> None:
+def _join_as_rank(rank: int, world: int, port: int) -> None:
+    """The environment ``torchrun`` gives rank ``rank`` of ``world`` on this machine."""
     os.environ.update(
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),
@@ -131,6 +132,10 @@ def _ddp_rank(rank: int, world: int, port: int, out: str) -> None:
         LOCAL_RANK=str(rank),
     )
     torch.set_num_threads(1)
+
+
+def _ddp_rank(rank: int, world: int, port: int, out: str) -> None:
+    _join_as_rank(rank, world, port)
     cfg = load_pretrain_config("mocov2_ft_tiny", [f"out={out}", *SMALL, "epochs=1", "log_every=2"])
     run_pretraining(cfg)
 
@@ -154,3 +159,49 @@ def test_two_process_ddp_run_on_gloo_trains_and_writes_one_checkpoint(tmp_path):
     )
     assert list(read_scores(out).step) == [2, 4]
     assert read_checkpoint(out / "checkpoint_last.pth").source_format == "sslbench"
+
+
+def _ddp_rank_stopped_by_sigterm(
+    rank: int, world: int, port: int, out: str, stop_at: int, resume: bool
+) -> None:
+    """One rank of a 2-rank run; rank 1 alone receives SIGTERM after step ``stop_at`` (0: never)."""
+    _join_as_rank(rank, world, port)
+    overrides = [f"out={out}", *SMALL, "epochs=1", "log_every=2", "data.workers=0"]
+    cfg = load_pretrain_config("mocov2_ft_tiny", overrides)
+
+    def sigterm_on_rank_1(step: int) -> None:
+        if rank == 1 and step == stop_at:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    try:
+        run_pretraining(cfg, resume=resume, step_callback=sigterm_on_rank_1)
+    except PretrainingInterrupted as exc:
+        with open(f"{out}/stopped{rank}", "w") as marker:
+            marker.write(str(exc.step))
+
+
+def test_two_rank_run_stopped_by_sigterm_on_one_rank_resumes_to_the_uninterrupted_weights(tmp_path):
+    """Both ranks stop at the same step (the next sync point), save once, and a 2-rank resume ends
+    where the uninterrupted 2-rank run ends."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    def spawn(out, stop_at: int, resume: bool) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        mp.spawn(_ddp_rank_stopped_by_sigterm, args=(2, port, str(out), stop_at, resume), nprocs=2, join=True)
+
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    spawn(full, 0, False)
+    spawn(cut, 1, False)  # 4 steps; SIGTERM on rank 1 after step 1, seen by both at step 2
+    assert [(cut / f"stopped{r}").read_text() for r in (0, 1)] == ["2", "2"]
+    assert torch.load(cut / "checkpoint_last.pth", weights_only=True)["global_step"] == 2
+    spawn(cut, 0, True)
+    a = torch.load(full / "checkpoint_last.pth", weights_only=True)
+    b = torch.load(cut / "checkpoint_last.pth", weights_only=True)
+    assert b["global_step"] == a["global_step"] == 4
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    pd.testing.assert_frame_equal(read_scores(full), read_scores(cut))

@@ -239,16 +239,20 @@ def _linear_lbfgs(args: argparse.Namespace, run: _Run) -> Any:
 
 
 def _linear_sgd(args: argparse.Namespace, run: _Run) -> Any:
-    from torch.utils.data import DataLoader
 
     from sslbench.data.registry import build_dataset
     from sslbench.data.transforms import describe_transform, eval_transform, train_transform
     from sslbench.evaluate.features import describe_splits
-    from sslbench.evaluate.linear import SgdSettings, check_backbone_unchanged, head_scores, train_linear_head
+    from sslbench.evaluate.linear import (
+        SgdSettings,
+        check_backbone_unchanged,
+        epoch_loaders,
+        head_scores,
+        train_linear_head,
+    )
     from sslbench.evaluate.metrics import accuracy_metrics
     from sslbench.models.archs import feature_dim
     from sslbench.runtime.progress import MetricsLog
-    from sslbench.runtime.sampling import SeededBatches, SeededSamples, steps_per_epoch
 
     settings = SgdSettings(
         epochs=args.epochs,
@@ -261,31 +265,9 @@ def _linear_sgd(args: argparse.Namespace, run: _Run) -> Any:
     )
     augment = train_transform(args.image_size, settings.crop_scale)
     trainval = build_dataset(args.dataset, args.root, "trainval", augment, **run.options)
-    test_ds, test = run.split("test", eval_transform(args.image_size))
 
     runtime = run.runtime
-    if settings.batch_size % runtime.world:
-        raise ConfigError(f"--batch-size {settings.batch_size} is not divisible by {runtime.world} processes")
-    samples = SeededSamples(trainval, settings.seed)
-    per_epoch = steps_per_epoch(len(trainval), settings.batch_size, runtime.world, drop_last=False)
-
-    def loader_for_epoch(epoch: int) -> DataLoader:
-        """This rank's share of each global batch of ``epoch`` (MoCo main_lincls keeps the last,
-        incomplete batch: drop_last=False)."""
-        batches = SeededBatches(
-            len(trainval),
-            settings.batch_size,
-            settings.seed,
-            epoch * per_epoch,
-            (epoch + 1) * per_epoch,
-            runtime.rank,
-            runtime.world,
-            drop_last=False,
-        )
-        return DataLoader(
-            samples, batch_sampler=batches, num_workers=args.workers, pin_memory=run.device.type == "cuda"
-        )
-
+    loader_for_epoch = epoch_loaders(trainval, settings, runtime, args.workers)
     backbone = run.model()
     state_path = Path(args.out) / "linear_state.pth"
     fingerprint = {
@@ -297,7 +279,7 @@ def _linear_sgd(args: argparse.Namespace, run: _Run) -> Any:
     sgd = train_linear_head(
         backbone,
         feature_dim(run.ckpt.arch),
-        test_ds.num_classes,
+        trainval.num_classes,
         loader_for_epoch,
         settings,
         run.device,
@@ -308,6 +290,7 @@ def _linear_sgd(args: argparse.Namespace, run: _Run) -> Any:
         metrics=MetricsLog(Path(args.out), runtime.main, args.tensorboard),
     )
     check_backbone_unchanged(backbone, run.ckpt.state_dict)
+    test_ds, test = run.split("test", eval_transform(args.image_size))  # a collective under DDP
     if not runtime.main:
         return None
     metrics = accuracy_metrics(head_scores(sgd.head, test.features), test.labels)

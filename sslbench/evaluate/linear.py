@@ -29,16 +29,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from sslbench.atomic import torch_save
 from sslbench.checkpoints.canonical import tensors_differing
+from sslbench.errors import ConfigError
 from sslbench.evaluate.metrics import AccuracyTally
 from sslbench.runtime.precision import Precision
 from sslbench.runtime.process import Runtime
 from sslbench.runtime.progress import MetricsLog, Progress
 from sslbench.runtime.resume import change_entry, check_fingerprint, read_state
+from sslbench.runtime.sampling import SeededBatches, SeededSamples, steps_per_epoch
 from sslbench.runtime.signals import STOP_CHECK_EVERY, TrainingInterrupted, catch_stop_signals
 
 WD_RANGE = (-6.0, 5.0)  # ssl-transfer: wd = 1/C over logspace(-6, 5, 45)
@@ -155,6 +157,36 @@ class SgdRun:
     history: list[dict[str, float]] = field(default_factory=list)  # per epoch: loss, lr, train top-1
     resumed_from: int = 0  # epochs already done when this run started
     config_changes: list[dict[str, Any]] = field(default_factory=list)  # allowed on resume
+
+
+def epoch_loaders(
+    dataset: Dataset, settings: SgdSettings, runtime: Runtime, workers: int = 0
+) -> Callable[[int], DataLoader]:
+    """``loader(epoch)``: this rank's share of each global batch of ``settings.batch_size`` in
+    ``epoch``, seeded by (seed, epoch) and augmented by (seed, epoch, index) whatever the world size
+    (:mod:`sslbench.runtime.sampling`); the last, incomplete batch is kept (main_lincls: drop_last
+    False)."""
+    if settings.batch_size % runtime.world:
+        raise ConfigError(f"--batch-size {settings.batch_size} is not divisible by {runtime.world} processes")
+    size = len(dataset)  # type: ignore[arg-type]
+    per_epoch = steps_per_epoch(size, settings.batch_size, runtime.world, drop_last=False)
+    samples = SeededSamples(dataset, settings.seed)
+
+    def loader(epoch: int) -> DataLoader:
+        batches = SeededBatches(
+            size,
+            settings.batch_size,
+            settings.seed,
+            epoch * per_epoch,
+            (epoch + 1) * per_epoch,
+            runtime.rank,
+            runtime.world,
+            drop_last=False,
+        )
+        pin = runtime.device.type == "cuda"
+        return DataLoader(samples, batch_sampler=batches, num_workers=workers, pin_memory=pin)
+
+    return loader
 
 
 def _probe_loss(

@@ -38,6 +38,8 @@ from sslbench.pretrain.feature_transform import (
     sample_draws,
 )
 from sslbench.pretrain.scores import batch_score_stats, collapse_metric
+from sslbench.runtime.collectives import gather_equal
+from sslbench.runtime.process import process_world
 
 
 class SplitBatchNorm2d(nn.BatchNorm2d):
@@ -99,17 +101,7 @@ def projector(in_dim: int, dim: int, mlp: bool) -> nn.Module:
 
 
 def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-@torch.no_grad()
-def concat_all_gather(x: Tensor) -> Tensor:
-    """``x`` from every rank, concatenated along dim 0 (no gradient); ``x`` itself on one process."""
-    if not _distributed():
-        return x
-    gathered = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-    dist.all_gather(gathered, x.contiguous())
-    return torch.cat(gathered, dim=0)
+    return process_world() > 1
 
 
 @dataclass
@@ -195,19 +187,19 @@ class MoCo(nn.Module):
     @torch.no_grad()
     def _encode_keys_ddp(self, images: Tensor) -> Tensor:
         local = images.shape[0]
-        gathered = concat_all_gather(images)
+        gathered = gather_equal(images)
         shuffle = torch.randperm(gathered.shape[0], device=images.device)
         dist.broadcast(shuffle, src=0)
         rank = dist.get_rank()
         mine = shuffle.view(-1, local)[rank]
         keys = F.normalize(self.projector_k(self.backbone_k(gathered[mine])), dim=1)
         unshuffle = torch.argsort(shuffle).view(-1, local)[rank]
-        return concat_all_gather(keys)[unshuffle]
+        return gather_equal(keys)[unshuffle]
 
     @torch.no_grad()
     def dequeue_and_enqueue(self, keys: Tensor) -> None:
         """Write the global batch of ``keys`` (B, D) at the pointer, overwriting the oldest; advance it."""
-        keys = concat_all_gather(keys)
+        keys = gather_equal(keys)
         batch = keys.shape[0]
         assert self.queue_size % batch == 0, "the queue size must be a multiple of the global batch"
         ptr = int(self.queue_ptr)

@@ -7,7 +7,19 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from sslbench.runtime.process import Runtime
+from sslbench.runtime.process import Runtime, process_world
+
+
+@torch.no_grad()
+def gather_equal(x: torch.Tensor) -> torch.Tensor:
+    """``x`` (the same shape on every rank) from every rank, concatenated along dim 0 in rank order,
+    without gradient; ``x`` itself on one process."""
+    world = process_world()
+    if world == 1:
+        return x
+    gathered = [torch.empty_like(x) for _ in range(world)]
+    dist.all_gather(gathered, x.contiguous())
+    return torch.cat(gathered, dim=0)
 
 
 def gather_rows(tensor: torch.Tensor, runtime: Runtime, chunk_rows: int = 65536) -> torch.Tensor:

@@ -62,6 +62,12 @@ class Runtime:
         return bool(value.item())
 
 
+def process_world() -> int:
+    """Ranks in the initialised process group (1 without one): how a module that is not handed a
+    :class:`Runtime` (MoCo's shuffle BN) learns whether it runs under DDP."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
 def pick_device(device: str | torch.device | None) -> torch.device:
     """``device`` as asked, else CUDA when visible, else the CPU; refuses CUDA where there is none."""
     if device is not None and torch.device(device).type == "cuda" and not torch.cuda.is_available():

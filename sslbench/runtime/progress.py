@@ -65,7 +65,7 @@ class Progress:
         self.postfix: dict[str, str] = {}
         self.bar = None
         self.every = log_seconds()
-        self.last_line = self.started
+        self.last_line, self.last_step = self.started, initial
         if enabled and _is_terminal(self.stream):
             self.bar = tqdm(
                 total=total, initial=initial, desc=desc, unit="step", file=self.stream, dynamic_ncols=True
@@ -87,12 +87,12 @@ class Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-        elif self.enabled and self.step > self.first_step:
+        elif self.enabled and self.step > self.last_step:
             self._line()
 
     def _line(self) -> None:
         now = time.monotonic()
-        self.last_line = now
+        self.last_line, self.last_step = now, self.step
         done, elapsed = self.step - self.first_step, now - self.started
         rate = done / elapsed if elapsed > 0 else float("nan")
         eta = (self.total - self.step) / rate if rate > 0 else float("nan")

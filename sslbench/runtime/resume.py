@@ -28,9 +28,9 @@ def read_state(path: Path) -> dict[str, Any] | None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, pickle.UnpicklingError) as exc:
-        first = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise CheckpointError(
-            f"{path}: damaged, cannot resume from it ({first}); delete it to start over"
+            f"{path}: damaged or not a saved state, cannot resume from it ({type(exc).__name__}); "
+            "delete it to start over"
         ) from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: not a saved training state; delete it to start over")
