@@ -7,6 +7,7 @@ import json
 import math
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -202,3 +203,14 @@ def test_monitor_on_a_missing_root_is_a_one_line_error(tmp_path, capsys):
     assert main([*args, "monitor.dataset=imagefolder", f"monitor.root={missing}"]) == 2
     first = capsys.readouterr().err.strip().splitlines()[0]  # then the expected layout
     assert "monitor.root" in first and str(missing) in first
+
+
+def test_plot_scores_still_reads_tables_written_before_the_collapse_metric(tmp_path, capsys):
+    from sslbench.pretrain.scores import REQUIRED_COLUMNS
+
+    run = tmp_path / "old_run"
+    run.mkdir()
+    rows = [{c: 0.5 for c in REQUIRED_COLUMNS} | {"step": s, "epoch": 0} for s in (2, 4, 6)]
+    pd.DataFrame(rows, columns=list(REQUIRED_COLUMNS)).to_csv(run / "scores.csv", index=False)
+    assert main(["plot-scores", str(run)]) == 0
+    assert (run / "scores.png").is_file() and str(run / "scores.png") in capsys.readouterr().out

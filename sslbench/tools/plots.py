@@ -46,7 +46,7 @@ def plot_scores(runs: Sequence[str | Path], output: str | Path, labels: Sequence
             not np.allclose(table[f"before_ft_{stat}"], table[f"after_ft_{stat}"], equal_nan=True)
             for stat, _ in PANELS
         )
-        for axis, (stat, title) in zip(axes.flat, PANELS, strict=True):
+        for axis, (stat, title) in zip(axes.flat[:4], PANELS, strict=True):
             _curve(axis, table, f"after_ft_{stat}", color=colour, label=name)
             if ft_changed:
                 _curve(
@@ -59,7 +59,7 @@ def plot_scores(runs: Sequence[str | Path], output: str | Path, labels: Sequence
                 )
             axis.set_title(title)
         _curve(axes[2, 0], table, "output_std", color=colour, label=f"{name} (projector)")
-        _curve(axes[2, 0], table, "feature_std", color=colour, linestyle="--", label=f"{name} (backbone)")
+        _curve(axes[2, 0], table, "feature_std", color=colour, linestyle="--", marker=".", label=f"{name} (backbone)")
         _curve(axes[2, 1], table, "knn_top1", color=colour, marker="o", label=name)
         if "collapse_alarm" in table:
             for step in table.loc[table["collapse_alarm"] == 1, "step"]:
