@@ -59,7 +59,15 @@ def plot_scores(runs: Sequence[str | Path], output: str | Path, labels: Sequence
                 )
             axis.set_title(title)
         _curve(axes[2, 0], table, "output_std", color=colour, label=f"{name} (projector)")
-        _curve(axes[2, 0], table, "feature_std", color=colour, linestyle="--", marker=".", label=f"{name} (backbone)")
+        _curve(
+            axes[2, 0],
+            table,
+            "feature_std",
+            color=colour,
+            linestyle="--",
+            marker=".",
+            label=f"{name} (backbone)",
+        )
         _curve(axes[2, 1], table, "knn_top1", color=colour, marker="o", label=name)
         if "collapse_alarm" in table:
             for step in table.loc[table["collapse_alarm"] == 1, "step"]:
