@@ -317,6 +317,7 @@ def _train(
                 print(warning_line(alarm), file=sys.stderr, flush=True)
             write_text(trainer.out / "config.yaml", trainer.config_yaml())
         if cfg.stop_on_collapse:
+            progress.close()
             trainer.save()
             metrics.close()
             raise PretrainingCollapsed(trainer.checkpoint_path, alarm)
