@@ -74,7 +74,8 @@ def plot_scores(runs: Sequence[str | Path], output: str | Path, labels: Sequence
                 for axis in axes.flat:
                     axis.axvline(step, color=colour, linestyle=":", label=f"{name}: collapse alarm")
     axes[2, 0].set_title("collapse: std of normalised outputs x sqrt(D)")
-    axes[2, 0].legend(fontsize="small")
+    if axes[2, 0].get_legend_handles_labels()[0]:  # tables written before the metric have none
+        axes[2, 0].legend(fontsize="small")
     axes[2, 1].set_title("online kNN monitor: top-1 (%)")
     for axis in axes[2]:
         axis.set_xlabel("iteration")
