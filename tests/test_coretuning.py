@@ -103,7 +103,7 @@ def test_hard_positive_mixes_hardest_positive_and_hardest_negative_with_beta_lam
     torch.testing.assert_close(generated.soft_labels[pos], lam_t * one_hot[hp] + (1 - lam_t) * one_hot[hn])
 
 
-def test_focal_weights_are_one_minus_p_and_terms_average_over_each_anchors_positives() -> None:
+def test_focal_weights_are_one_minus_p_and_the_two_reductions_divide_by_n_or_by_the_positives() -> None:
     torch.manual_seed(0)
     embeddings = F.normalize(torch.randn(6, 5, dtype=torch.float64), dim=1).float()
     # 4 anchors; anchor 0 has 3 positives, anchor 1 one, anchor 2 none, anchor 3 two
@@ -112,10 +112,11 @@ def test_focal_weights_are_one_minus_p_and_terms_average_over_each_anchors_posit
     positives[1, [5]] = True
     positives[3, [0, 4]] = True
     temperature = 0.07
-    out = focal_supcon_loss(embeddings, positives, temperature)
+    out = focal_supcon_loss(embeddings, positives, temperature)  # the default: the reference's
+    paper = focal_supcon_loss(embeddings, positives, temperature, reduction="paper")
 
     e = embeddings.double()
-    per_anchor = []
+    sums, counts = [], []
     for i in range(4):
         others = [k for k in range(6) if k != i]
         denominator = sum(math.exp(float(e[i] @ e[k]) / temperature) for k in others)
@@ -125,9 +126,40 @@ def test_focal_weights_are_one_minus_p_and_terms_average_over_each_anchors_posit
             expected_weight = 1 - p[k] if positives[i, k] else 0.0
             assert float(out.weight[i, k]) == pytest.approx(expected_weight, rel=1e-4, abs=1e-6)
         pos = positives[i].nonzero().squeeze(1).tolist()
-        if pos:  # divided by |P_i| (the reference divides by the batch size)
-            per_anchor.append(sum(-(1 - p[j]) * math.log(p[j]) for j in pos) / len(pos))
-    assert float(out.loss) == pytest.approx(sum(per_anchor) / len(per_anchor), rel=1e-4)
+        if pos:
+            sums.append(sum(-(1 - p[j]) * math.log(p[j]) for j in pos))
+            counts.append(len(pos))
+    # reference (Core-tuning.py's focal_SupConLoss): each row's sum / N (its .mean(1) over all 6
+    # features), then the sum over anchors / the 3 anchors that have a positive
+    assert float(out.loss) == pytest.approx(sum(s / 6 for s in sums) / 3, rel=1e-4)
+    # paper (the slide's formula): each row's sum / |P_i|, then the mean over the same 3 anchors
+    assert float(paper.loss) == pytest.approx(
+        sum(s / c for s, c in zip(sums, counts, strict=True)) / 3, rel=1e-4
+    )
+    with pytest.raises(ValueError, match="reduction 'mean'"):
+        focal_supcon_loss(embeddings, positives, temperature, reduction="mean")
+
+
+def test_own_anchor_hard_positives_by_default_and_the_same_class_extension_by_name() -> None:
+    # anchors 0, 1 (class 0) and 2, 3 (class 1): each gets a hard negative and a hard positive
+    features = _angles(0, 20, 50, 80)
+    labels = torch.tensor([0, 0, 1, 1])
+    generated = generate_hard_samples(features, labels, 2, _draws([0.5] * 4, [0.9] * 4, [0.0] * 4))
+    assert generated.anchors.tolist() == [0, 1, 2, 3, 0, 1, 2, 3]
+    assert generated.is_positive.tolist() == [False] * 4 + [True] * 4
+    originals = [[0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1], [0, 0, 1, 0]]
+    own = contrastive_positives(labels, generated)  # the default, as the slides define z_i+
+    # columns: 4 originals, 4 hard negatives (never positives), z_0+, z_1+, z_2+, z_3+
+    assert own.int().tolist() == [
+        row + [0, 0, 0, 0] + [int(i == a) for a in range(4)] for i, row in enumerate(originals)
+    ]
+    same_class = contrastive_positives(labels, generated, "same_class")
+    assert same_class.int().tolist() == [
+        row + [0, 0, 0, 0] + [int(labels[i] == labels[a]) for a in range(4)]
+        for i, row in enumerate(originals)
+    ]
+    with pytest.raises(ValueError, match="positives 'all'"):
+        contrastive_positives(labels, generated, "all")
 
 
 def test_with_eta_zero_and_mixing_off_the_loss_is_plain_cross_entropy() -> None:
@@ -149,17 +181,33 @@ def test_smooth_classifier_trains_on_originals_and_generated_features_with_soft_
     generated = generate_hard_samples(features, labels, 3, draws)
     every = torch.cat([features, generated.features])
     targets = torch.cat([F.one_hot(labels, 3).float(), generated.soft_labels])
-    expected_ce = -(targets * F.log_softmax(classifier(every), dim=1)).sum(1).mean()
-    torch.testing.assert_close(out.ce, expected_ce)
+    per_sample = -(targets * F.log_softmax(classifier(every), dim=1)).sum(1)
+    # the default: one mean over the 6 originals and the m generated (Core-tuning.py)
+    torch.testing.assert_close(out.ce, per_sample.mean())
     positives = contrastive_positives(labels, generated)
     expected_con = focal_supcon_loss(head(every), positives).loss
-    torch.testing.assert_close(out.total, expected_ce + 0.1 * expected_con)
-    # hard positives are positives of every anchor of their anchor's class, hard negatives of none
-    gen_cols = positives[:, 6:]
-    assert not gen_cols[:, ~generated.is_positive].any()
-    for col, (anchor, is_pos) in enumerate(zip(generated.anchors, generated.is_positive, strict=True)):
-        if is_pos:
-            assert gen_cols[:, col].tolist() == (labels == labels[anchor]).tolist()
+    torch.testing.assert_close(out.total, per_sample.mean() + 0.1 * expected_con)
+    # the slides: mean over the originals plus mean over the generated
+    separate = coretuning_loss(features, labels, classifier, head, 3, draws, eta=0.1, ce_mean="separate")
+    torch.testing.assert_close(separate.ce, per_sample[:6].mean() + per_sample[6:].mean())
+    # the paper's reduction and the same-class positives, passed through
+    variant = coretuning_loss(
+        features, labels, classifier, head, 3, draws, eta=0.1, reduction="paper", positives="same_class"
+    )
+    wide = contrastive_positives(labels, generated, "same_class")
+    torch.testing.assert_close(
+        variant.contrastive, focal_supcon_loss(head(every), wide, reduction="paper").loss
+    )
+    with pytest.raises(ValueError, match="ce_mean 'sum'"):
+        coretuning_loss(features, labels, classifier, head, 3, draws, ce_mean="sum")
+
+
+def test_separate_ce_mean_without_generated_features_is_the_mean_over_the_originals() -> None:
+    torch.manual_seed(0)
+    features, labels = torch.randn(5, 8), torch.tensor([0, 1, 2, 0, 1])
+    classifier, head = nn.Linear(8, 3, bias=False), ContrastHead(8, 4)
+    out = coretuning_loss(features, labels, classifier, head, 3, draws=None, eta=0.0, ce_mean="separate")
+    torch.testing.assert_close(out.total, F.cross_entropy(classifier(features), labels))
 
 
 def test_original_features_get_gradient_from_both_losses() -> None:

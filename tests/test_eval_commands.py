@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from checkpoint_sources import resnet
@@ -135,6 +136,12 @@ def test_linear_lbfgs_command_writes_a_record_and_reuses_cached_features(
     assert first.task == "linear" and first.protocol["name"] == "linear-lbfgs"
     assert settings["select_metric"] == "mean_per_class" and settings["c_grid_size"] == 4
     assert len(first.extra["c_sweep"]) == 4 and settings["best_C"] in [r["C"] for r in first.extra["c_sweep"]]
+    # ssl-transfer's grid arithmetic: float32 wd = 10**(-6 + 11k/3), C = 1 / wd in float64
+    assert [r["C"] for r in first.extra["c_sweep"]] == [
+        1.0 / float(np.float32(10.0 ** (-6 + 11 * k / 3))) for k in range(4)
+    ]
+    assert "float32" in settings["c_grid_arithmetic"]
+    assert first.dataset["val_split"] == "official"  # FGVC-Aircraft ships its val split
     assert first.dataset["num_classes"] == 4 and first.dataset["num_train"] == 16
     assert set(first.extra["features"]) == {"train", "val", "trainval", "test"}
     assert len(list(cache.glob("aircraft-*.pt"))) == 4

@@ -32,6 +32,7 @@ from sslbench.evaluate.finetune import (
 from sslbench.evaluate.finetune_cli import run_finetune
 from sslbench.evaluate.finetune_grid import FinetuneConfig, ssl_transfer_grid
 from sslbench.models.resnet import build_backbone
+from sslbench.tools import records
 from sslbench.tools.records import read_record
 
 ARCH = "resnet18_small_stem"
@@ -135,6 +136,13 @@ def test_ce_grid_resumes_after_a_kill_picks_the_best_val_point_and_retrains_on_t
     assert settings["steps_run"] == 2 and settings["final_train_split"] == "trainval"
     assert record.dataset["split"] == "test" and record.dataset["train_split"] == "trainval"
     assert record.dataset["num_train"] == 16 and record.dataset["num_test"] == 8
+    # 4 classes x 4 trainval images: round(0.2 * 4) = 1 of each class held out for val
+    assert record.dataset["sizes"] == {"train": 12, "val": 4, "trainval": 16, "test": 8}
+    assert record.dataset["val_split"] == "stratified 20% of trainval held out, seed 0 (sslbench.data.splits)"
+    # an explicit grid ran: no grid_size is claimed, the lists are recorded
+    assert settings["grid_size"] is None and settings["grid"].startswith("explicit")
+    assert (settings["grid_lr"], settings["grid_wd"]) == ([0.05, 0.005], [0.0, 1e-3])
+    assert settings["last_partial_batch"].startswith("dropped")
     assert set(record.metrics) == {"top1", "top5", "mean_per_class"}
     assert json.loads((points[2] / "point.json").read_text())["resumed_from_step"] == 1
     assert not any((p / "state.pth").exists() for p in points)
@@ -151,10 +159,17 @@ def test_ce_grid_resumes_after_a_kill_picks_the_best_val_point_and_retrains_on_t
 
 
 def test_coretuning_runs_the_grid_and_writes_a_valid_record(
-    checkpoint: Path, cub_root: Path, tmp_path: Path
+    checkpoint: Path, cub_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     out = tmp_path / "core"
     log: list[tuple[int, int]] = []
+    stamps: list[str] = []
+
+    def clock() -> str:  # a clock that ticks once per reading
+        stamps.append(f"2026-01-01T00:00:{len(stamps):02d}+00:00")
+        return stamps[-1]
+
+    monkeypatch.setattr(records, "utc_now", clock)
     args = build_parser().parse_args(_args(checkpoint, cub_root, out, *GRID, "--method", "coretuning"))
     assert run_finetune(args, on_step=_backbone_checker(checkpoint, log)) == 0
     assert [step for _, step in log] == [
@@ -171,13 +186,75 @@ def test_coretuning_runs_the_grid_and_writes_a_valid_record(
         "min_negative_lambda": 0.8,
         "contrast_dim": 256,
         "mixing": True,
+        "reduction": "reference",  # under which the published eta = 0.1 holds
+        "positives": "own",
+        "ce_mean": "joint",
     }
+    # started when the command began (the first reading), finished when the record was written
+    assert record.started_at == stamps[0] and record.finished_at == stamps[-1] != stamps[0]
     best = grid[int(np.argmax([row["val_top1"] for row in grid]))]
     assert record.extra["chosen"] == {"lr": best["lr"], "weight_decay": best["weight_decay"]}
     history = record.extra["history"]
     assert history[-1]["step"] == 2 and history[-1]["contrastive"] > 0 and history[-1]["ce"] > 0
     stored = torch.load(out / "best.pth", weights_only=True)["model"]
     assert "classifier.bias" not in stored and stored["contrast_head.output.weight"].shape == (256, 512)
+
+
+def test_coretuning_variant_options_reach_the_loss_and_the_record(
+    checkpoint: Path, cub_root: Path, tmp_path: Path, capsys
+) -> None:
+    variant = ["coretuning.reduction=paper", "coretuning.positives=same_class", "coretuning.ce_mean=separate"]
+    out = tmp_path / "variant"
+    seen: list[tuple[str, str, str]] = []
+
+    def on_step(step: int, model) -> None:
+        seen.append((model.core.reduction, model.core.positives, model.core.ce_mean))
+
+    args = _args(checkpoint, cub_root, out, "--lr", "0.01", "--wd", "0", "--method", "coretuning")
+    assert run_finetune(build_parser().parse_args([*args, "--set", *variant]), on_step=on_step) == 0
+    assert seen == [("paper", "same_class", "separate")] * 2
+    settings = read_record(out / "result.json").protocol["settings"]
+    core = settings["coretuning"]
+    assert (core["reduction"], core["positives"], core["ce_mean"]) == ("paper", "same_class", "separate")
+    assert settings["grid_size"] is None and settings["grid"].startswith("none")
+
+    capsys.readouterr()
+    for key, bad in (("reduction", "mean"), ("positives", "all"), ("ce_mean", "0"), ("reduction", "nan")):
+        folder = tmp_path / f"bad_{key}_{bad}"
+        assert (
+            main(
+                [
+                    *_args(checkpoint, cub_root, folder, "--method", "coretuning"),
+                    "--set",
+                    f"coretuning.{key}={bad}",
+                ]
+            )
+            == 2
+        )
+        err = capsys.readouterr().err.strip()
+        assert f"coretuning.{key} '{bad}' is not one of" in err and len(err.splitlines()) == 1
+        assert not folder.exists()
+
+
+def test_grid_record_claims_grid_size_only_where_the_ssl_transfer_grid_runs() -> None:
+    assert FinetuneConfig().grid_record() == {
+        "grid": "ssl-transfer: lr logspace(-4, -1, 4) x wd {0} U logspace(-6, -3, 4) / lr",
+        "grid_size": 4,
+        "grid_lr": [],
+        "grid_wd": [],
+    }
+    explicit = FinetuneConfig(grid_lr=[0.1, 0.01], grid_wd=[0.0]).grid_record()
+    assert explicit["grid_size"] is None and (explicit["grid_lr"], explicit["grid_wd"]) == (
+        [0.1, 0.01],
+        [0.0],
+    )
+    fixed = FinetuneConfig(lr=0.1, weight_decay=0.0, grid_lr=[0.5], grid_wd=[0.0]).grid_record()
+    assert fixed == {
+        "grid": "none: lr and weight_decay given",
+        "grid_size": None,
+        "grid_lr": [],
+        "grid_wd": [],
+    }
 
 
 def _tiny_data() -> ImageArray:

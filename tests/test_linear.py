@@ -39,6 +39,20 @@ def test_c_grid_is_ssl_transfer_logspace_in_its_order() -> None:
     assert all(a > b for a, b in itertools.pairwise(grid))
 
 
+def test_c_grid_is_the_float64_reciprocal_of_float32_weight_decays_as_ssl_transfer_computes_it() -> None:
+    # by hand: the exponents -6 + 11 k / 44 = -6 + k / 4 are exact; each wd is 10**exponent rounded
+    # to float32 (torch.logspace's default dtype), and C = 1. / wd.item() divides in float64
+    wd32 = [float(np.float32(10.0 ** (-6 + k / 4))) for k in range(45)]
+    expected = [1.0 / wd for wd in wd32]
+    assert c_grid() == expected  # bit for bit
+    assert c_grid()[:2] == [1000000.0025247573, 562341.3291514061]
+    # a float64 grid is not the same list: ~5e-8 relative apart on most values
+    float64 = 1.0 / np.logspace(-6, 5, 45)
+    relative = np.abs(np.asarray(expected) / float64 - 1)
+    assert (relative > 0).sum() >= 30 and 1e-8 < relative.max() < 1e-7
+    assert c_grid(9) == [1.0 / float(np.float32(10.0 ** (-6 + 11 * k / 8))) for k in range(9)]
+
+
 def test_lbfgs_chooses_the_c_with_the_best_validation_accuracy() -> None:
     # overlapping classes in many dimensions: regularisation matters, validation accuracy varies with C
     train, val, trainval, test = (

@@ -24,6 +24,7 @@ from sslbench.evaluate.features import extract_features, extract_split
 from sslbench.evaluate.finetune import CoreTuningSettings, FinetuneModel
 from sslbench.evaluate.linear import SgdSettings, epoch_loaders, train_linear_head
 from sslbench.runtime.collectives import gather_rows
+from sslbench.runtime.precision import Precision
 from sslbench.runtime.process import Runtime
 from sslbench.runtime.progress import Eta, Progress
 from sslbench.runtime.sampling import SeededBatches, shard
@@ -88,12 +89,13 @@ def test_progress_off_a_terminal_prints_plain_lines_with_step_rate_and_eta(monke
     monkeypatch.setenv("SSLBENCH_LOG_SECONDS", "0")
     stream = io.StringIO()
     bar = Progress(10, "fine-tune", initial=2, images_per_step=64, stream=stream)
-    for _ in range(3):
-        bar.update()
+    bar.update()
+    bar.update()
     bar.note(loss=0.5)
-    bar.close()
+    bar.update()
+    bar.close()  # the last step has its line already: no repeat
     lines = stream.getvalue().splitlines()
-    assert "\r" not in stream.getvalue() and len(lines) == 4  # 3 updates + the closing line
+    assert "\r" not in stream.getvalue() and len(lines) == 3
     assert lines[0].startswith("fine-tune: step 3/10  ") and "images/s" in lines[0] and "ETA " in lines[0]
     assert lines[-1].startswith("fine-tune: step 5/10") and lines[-1].endswith("loss 0.5")
 
@@ -203,3 +205,18 @@ def test_coretuning_loss_and_gradients_on_two_ranks_equal_one_process(tmp_path: 
         assert torch.allclose(got["loss"], result["loss"].detach(), atol=1e-6)
         for name, p in model.named_parameters():
             assert torch.allclose(got["grads"][name], p.grad, atol=1e-6, rtol=1e-5), name
+
+
+@pytest.mark.gpu
+def test_cuda_precision_is_bf16_autocast_with_channels_last_and_fp32_on_the_cpu() -> None:
+    conv = nn.Conv2d(3, 4, 3)
+    cuda = Precision(torch.device("cuda"))
+    assert (cuda.name, Precision(CPU).name) == ("bf16-autocast", "fp32")
+    model = cuda.model(conv)
+    images = cuda.images(torch.rand(2, 3, 8, 8))
+    assert images.is_cuda and images.is_contiguous(memory_format=torch.channels_last)
+    assert model.weight.is_contiguous(memory_format=torch.channels_last)
+    with cuda.autocast():
+        assert model(images).dtype == torch.bfloat16
+    with Precision(torch.device("cuda"), amp=False, channels_last=False).autocast():
+        assert model(images).dtype == torch.float32

@@ -33,3 +33,11 @@ def stratified_holdout(
     is_held = np.zeros(len(targets_arr), dtype=bool)
     is_held[held] = True
     return np.flatnonzero(~is_held).tolist(), sorted(held)
+
+
+def describe_val_split(official_val: bool) -> str:
+    """How a dataset's ``val`` split is made, for result records. ssl-transfer's own rule where there
+    is no official one differs: an unstratified random 20% (``np.random.seed(0)``, a shuffle)."""
+    if official_val:
+        return "official"
+    return f"stratified {VAL_FRACTION:.0%} of trainval held out, seed {SPLIT_SEED} (sslbench.data.splits)"

@@ -95,9 +95,13 @@ def _open_run(args: argparse.Namespace, runtime: Any) -> _Run:
 
 
 def _dataset_record(
-    args: argparse.Namespace, train: Any, test: Any, options: dict[str, Any]
+    args: argparse.Namespace, train: Any, test: Any, options: dict[str, Any], uses_val: bool = False
 ) -> dict[str, Any]:
-    return {
+    """The record's ``dataset``; ``uses_val``: the protocol selects on ``val``, so say how it is made."""
+    from sslbench.data.registry import DATASETS
+    from sslbench.data.splits import describe_val_split
+
+    record = {
         "name": args.dataset,
         "root": str(args.root) if args.root is not None else None,
         "split": test.split,
@@ -107,6 +111,9 @@ def _dataset_record(
         "num_test": len(test),
         "options": {k: v for k, v in options.items() if v is not None},
     }
+    if uses_val:
+        record["val_split"] = describe_val_split(DATASETS[args.dataset].official_val)
+    return record
 
 
 def _common_settings(run: _Run, transform: Any) -> dict[str, Any]:
@@ -194,7 +201,7 @@ def _linear_lbfgs(args: argparse.Namespace, run: _Run) -> Any:
     from sslbench.data.registry import DATASETS
     from sslbench.data.transforms import lbfgs_transform
     from sslbench.evaluate.features import describe_splits
-    from sslbench.evaluate.linear import c_grid, lbfgs_probe
+    from sslbench.evaluate.linear import C_GRID_ARITHMETIC, c_grid, lbfgs_probe
 
     transform = lbfgs_transform(args.image_size)
     parts = {split: run.split(split, transform) for split in ("train", "val", "trainval", "test")}
@@ -223,6 +230,7 @@ def _linear_lbfgs(args: argparse.Namespace, run: _Run) -> Any:
         "solver": "sklearn LogisticRegression(solver='lbfgs'), multinomial, warm_start",
         "wd_grid": f"logspace({WD_TEXT}, {args.c_grid_size})",
         "c_grid_size": args.c_grid_size,
+        "c_grid_arithmetic": C_GRID_ARITHMETIC,
         "max_iter": args.max_iter,
         "select_metric": select,
         "select_split": "val",
@@ -335,7 +343,7 @@ def _run_linear(args: argparse.Namespace, runtime: Any) -> int:
     record = ResultRecord(
         task="linear",
         protocol={"name": name, "source": source, "settings": settings},
-        dataset=_dataset_record(args, train_ds, test_ds, run.options),
+        dataset=_dataset_record(args, train_ds, test_ds, run.options, uses_val=args.protocol == "lbfgs"),
         metrics=metrics,
         checkpoint=run.ckpt.describe(),
         started_at=run.started_at,

@@ -13,27 +13,42 @@ The loss of one batch of ``n`` backbone features ``z (n, D)`` with labels ``y (n
   An anchor with no other sample of its class, or no sample of another class, gets no hard
   positive (no hard negative): it is skipped, never paired with itself.
 * ``L_ce^m`` (smooth classifier): soft-label cross-entropy of the classifier over the ``n``
-  originals and the generated features, averaged over all of them.
-* ``L_con^f``: focal supervised contrastive loss on ``G_c`` of all features (originals and
-  generated), L2-normalised. The anchors are the ``n`` originals; for anchor ``i`` every other
-  feature ``k`` is in the softmax ``p_ik = exp(h_i.h_k / T) / sum_{k' != i} exp(h_i.h_k' / T)``, and
-  its positives ``P_i`` are the other originals of its class and the hard positives generated for
-  anchors of its class (its own ``z_i+`` included); hard negatives are never positives. Each
-  positive term is weighted by ``1 - p_ij``:
-  ``L_con^f = mean_i [ -1/|P_i| sum_{j in P_i} (1 - p_ij) log p_ij ]`` over anchors with ``|P_i| > 0``.
+  originals and the ``m`` generated features. ``ce_mean="joint"`` (default; the reference code):
+  one mean over all ``n + m``; ``"separate"`` (the slides): mean over the originals plus mean over
+  the generated.
+* ``L_con^f``: focal supervised contrastive loss on ``G_c`` of all ``N = n + m`` features (originals
+  and generated), L2-normalised. The anchors are the ``n`` originals; for anchor ``i`` every other
+  feature ``k`` is in the softmax ``p_ik = exp(h_i.h_k / T) / sum_{k' != i} exp(h_i.h_k' / T)``. Its
+  positives ``P_i`` are the other originals of its class and, with ``positives="own"`` (default; the
+  slides), its own hard positive ``z_i+`` only; ``positives="same_class"`` (an extension, not the
+  method) also counts the hard positives generated for every other anchor of its class. Hard
+  negatives are never positives. Each positive term ``-(1 - p_ij) log p_ij`` is weighted by
+  ``1 - p_ij``, and with ``S_i = sum_{j in P_i} (1 - p_ij)(-log p_ij)``, over the anchors with
+  ``|P_i| > 0``:
+
+  - ``reduction="reference"`` (default): ``L_con^f = mean_i S_i / N``, as ``focal_SupConLoss`` does
+    it (SupContrast's ``.mean(1)`` over the whole row of ``N`` features, then the sum over anchors
+    divided by the number of anchors with a positive);
+  - ``reduction="paper"``: ``L_con^f = mean_i S_i / |P_i|``, the slide's formula.
+
+  The published ``eta = 0.1`` was tuned under the reference's reduction; the paper's makes
+  ``L_con^f`` ~25-30x larger on typical batches (C=10, n=64), so ``eta = 0.1`` with it behaves like
+  the reference's ``eta ~ 2.5``.
 
 Defaults and their sources (Vanint/Core-tuning, ``Core-tuning.py`` and its README command):
 ``eta = 0.1`` and ``alpha = 1`` from the README's training command (the script's own ``eta`` default
 is 10), ``T = 0.07`` (``focal_SupConLoss``), hard-negative ``lam`` clipped at 0.8 (``feature_mixup``),
-contrastive head ``Linear(D, D) -> ReLU -> Linear(D, 256)`` (``Contrastor``, ``--contrast_dim 256``).
+contrastive head ``Linear(D, D) -> ReLU -> Linear(D, 256)`` (``Contrastor``, ``--contrast_dim 256``),
+the reference's loss reduction and joint cross-entropy mean (under which ``eta = 0.1`` was tuned),
+and the slides' own-anchor hard positives.
 
 Where the reference code departs from the method we follow the method (each has a test in
 ``tests/test_coretuning.py``): the original features keep their gradient in both losses (the code
 feeds ``clone().detach()`` copies); positives are found from integer class labels (the code groups
 soft labels by a dot product with ``10**arange(C)``, which overflows int64 from 19 classes); the
 hardest positive is the least similar *positive* (the code's argmin of ``similarity * mask`` lands on
-a masked zero); each anchor's positive terms are averaged over ``|P_i|`` (the code divides by the
-batch size).
+a masked zero); the anchors are the originals, with their hard positive and their classmates as
+positives (the code makes every generated feature an anchor too, grouped by identical soft labels).
 """
 
 from __future__ import annotations
@@ -52,6 +67,12 @@ ALPHA = 1.0  # README command: --mixup_alpha 1
 TEMPERATURE = 0.07  # focal_SupConLoss: temperature = base_temperature = 0.07
 MIN_NEGATIVE_LAMBDA = 0.8  # feature_mixup: hard-negative lam <= 0.8 is set to 0.8
 CONTRAST_DIM = 256  # --contrast_dim 256
+# (default first) the reference's 1/N row mean | the slide's 1/|P_i| average
+REDUCTIONS = ("reference", "paper")
+# (default first) the slides' own-anchor hard positive | also a positive of every same-class anchor
+POSITIVES = ("own", "same_class")
+# (default first) one CE mean over n + m (reference) | mean(originals) + mean(generated) (slides)
+CE_MEANS = ("joint", "separate")
 
 
 class ContrastHead(nn.Module):
@@ -177,16 +198,24 @@ def generate_hard_samples(
     )
 
 
-def contrastive_positives(labels: torch.Tensor, generated: GeneratedFeatures | None) -> torch.Tensor:
+def contrastive_positives(
+    labels: torch.Tensor, generated: GeneratedFeatures | None, positives: str = POSITIVES[0]
+) -> torch.Tensor:
     """``(n, n + m)`` bool: positives of each original anchor among [originals; generated]: the other
-    originals of its class and the hard positives generated for anchors of its class."""
+    originals of its class and its own hard positive (``positives="own"``), or the hard positives
+    generated for every anchor of its class (``"same_class"``)."""
+    if positives not in POSITIVES:
+        raise ValueError(f"positives {positives!r}: expected one of {', '.join(POSITIVES)}")
     n = len(labels)
     same = (labels[:, None] == labels[None, :]) & ~torch.eye(n, dtype=torch.bool, device=labels.device)
     if generated is None:
         return same
-    generated_class = labels[generated.anchors]
-    of_class = (labels[:, None] == generated_class[None, :]) & generated.is_positive[None, :]
-    return torch.cat([same, of_class], dim=1)
+    if positives == "own":
+        arange = torch.arange(n, device=labels.device)
+        of_anchor = arange[:, None] == generated.anchors[None, :]
+    else:
+        of_anchor = labels[:, None] == labels[generated.anchors][None, :]
+    return torch.cat([same, of_anchor & generated.is_positive[None, :]], dim=1)
 
 
 class FocalContrast(NamedTuple):
@@ -196,12 +225,18 @@ class FocalContrast(NamedTuple):
 
 
 def focal_supcon_loss(
-    embeddings: torch.Tensor, positives: torch.Tensor, temperature: float = TEMPERATURE
+    embeddings: torch.Tensor,
+    positives: torch.Tensor,
+    temperature: float = TEMPERATURE,
+    reduction: str = REDUCTIONS[0],
 ) -> FocalContrast:
     """Focal supervised contrastive loss of the first ``n`` rows of ``embeddings (N, E)`` (L2-normalised)
     as anchors against all other rows, with ``positives (n, N)``; anchors without positives are skipped
-    (the loss is 0 when none has one)."""
-    n = positives.shape[0]
+    (the loss is 0 when none has one). Each anchor's positive terms are summed and divided by ``N``
+    (``reduction="reference"``) or by its number of positives (``"paper"``)."""
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction {reduction!r}: expected one of {', '.join(REDUCTIONS)}")
+    n, total = positives.shape
     h = embeddings.float()
     logits = (h[:n] @ h.T) / temperature
     itself = torch.zeros_like(positives)
@@ -215,7 +250,9 @@ def focal_supcon_loss(
     has = count > 0
     if not bool(has.any()):
         return FocalContrast(h.sum() * 0.0, p.detach(), weight.detach())
-    loss = (terms.sum(dim=1)[has] / count[has]).mean()
+    per_anchor = terms.sum(dim=1)[has]
+    divisor = count[has].to(per_anchor.dtype) if reduction == "paper" else float(total)
+    loss = (per_anchor / divisor).mean()
     return FocalContrast(loss, p.detach(), weight.detach())
 
 
@@ -224,6 +261,17 @@ class CoreTuningLoss(NamedTuple):
     ce: torch.Tensor  # L_ce^m
     contrastive: torch.Tensor  # L_con^f
     logits: torch.Tensor  # (n, C) the classifier on the originals (for training accuracy)
+
+
+def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, n: int, ce_mean: str) -> torch.Tensor:
+    """Soft-label cross-entropy of ``logits (n + m, C)`` (the ``n`` originals first): one mean over all
+    rows (``ce_mean="joint"``) or the mean over the originals plus the mean over the rest (``"separate"``)."""
+    if ce_mean not in CE_MEANS:
+        raise ValueError(f"ce_mean {ce_mean!r}: expected one of {', '.join(CE_MEANS)}")
+    per_sample = -(targets * F.log_softmax(logits.float(), dim=1)).sum(dim=1)
+    if ce_mean == "joint" or len(per_sample) == n:
+        return per_sample.mean()
+    return per_sample[:n].mean() + per_sample[n:].mean()
 
 
 def coretuning_loss(
@@ -236,6 +284,9 @@ def coretuning_loss(
     eta: float = ETA,
     temperature: float = TEMPERATURE,
     min_negative_lambda: float = MIN_NEGATIVE_LAMBDA,
+    reduction: str = REDUCTIONS[0],
+    positives: str = POSITIVES[0],
+    ce_mean: str = CE_MEANS[0],
 ) -> CoreTuningLoss:
     """``L_ce^m + eta * L_con^f`` of ``features (n, D)`` with ``labels (n,)``. ``draws=None`` turns the
     mixing off (no generated features): then ``eta = 0`` gives plain cross-entropy."""
@@ -247,6 +298,8 @@ def coretuning_loss(
         every = torch.cat([features, generated.features])
         targets = torch.cat([one_hot, generated.soft_labels])
     logits = classifier(every)
-    ce = -(targets * F.log_softmax(logits.float(), dim=1)).sum(dim=1).mean()
-    contrast = focal_supcon_loss(contrast_head(every), contrastive_positives(labels, generated), temperature)
+    ce = soft_cross_entropy(logits, targets, len(labels), ce_mean)
+    contrast = focal_supcon_loss(
+        contrast_head(every), contrastive_positives(labels, generated, positives), temperature, reduction
+    )
     return CoreTuningLoss(ce + eta * contrast.loss, ce, contrast.loss, logits[: len(labels)])

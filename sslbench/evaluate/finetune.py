@@ -4,9 +4,13 @@ Protocol (ssl-transfer ``finetune.py``, Ericsson et al. CVPR 2021): the pretrain
 new ``Linear(D, C)`` head, all in train mode, SGD with Nesterov momentum 0.9 and weight decay on every
 parameter, batch 64, a fixed number of steps (5000) with a cosine schedule stepped every step
 (``CosineAnnealingLR(T_max=steps)``), RandomResizedCrop (bicubic) + flip. The VISSL schedule
-(multistep over epochs, lr scaled by batch / 256) is the same loop with other settings. With
-``method="coretuning"`` the loss is Core-tuning's (:mod:`sslbench.evaluate.coretuning`) and the
-head a bias-free ``Linear(D, C)`` plus the contrastive head, as in Vanint/Core-tuning.
+(multistep over epochs, lr scaled by batch / 256) is the same loop with other settings. Every step
+takes a full batch: the last partial batch of an epoch is dropped (:data:`LAST_PARTIAL_BATCH`;
+ssl-transfer's DataLoader keeps it), so that a global batch splits evenly across ranks. With
+``method="coretuning"`` the loss is Core-tuning's (:mod:`sslbench.evaluate.coretuning`; by default
+the reference code's loss reduction and CE mean, under which its published eta was tuned, and the
+slides' own-anchor hard positives) and the head a bias-free ``Linear(D, C)`` plus the contrastive
+head, as in Vanint/Core-tuning.
 
 Guarantees:
 
@@ -53,6 +57,10 @@ from sslbench.runtime.resume import change_entry, check_fingerprint, read_state
 from sslbench.runtime.sampling import SeededBatches, SeededSamples, shard
 from sslbench.runtime.signals import STOP_CHECK_EVERY, TrainingInterrupted, catch_stop_signals
 
+# ssl-transfer's DataLoader (drop_last=False) also trains on the last partial batch of an epoch; ours
+# keeps every step a full global batch, which splitting it across ranks and mining Core-tuning's
+# hard pairs over the gathered batch rely on. Recorded in result.json.
+LAST_PARTIAL_BATCH = "dropped (every step a full batch; ssl-transfer's DataLoader keeps it)"
 METHODS = ("ce", "coretuning")
 SCHEDULES = ("cosine", "multistep")
 STATE_VERSION = 1
@@ -68,6 +76,26 @@ class CoreTuningSettings:
     min_negative_lambda: float = coretuning.MIN_NEGATIVE_LAMBDA
     contrast_dim: int = coretuning.CONTRAST_DIM
     mixing: bool = True  # hard positive / negative generation (False: only for ablations and tests)
+    # reference: Core-tuning.py's 1/N row mean, under which the published eta = 0.1 was tuned |
+    # paper: the slide's 1/|P_i| (~25-30x larger on typical batches)
+    reduction: str = coretuning.REDUCTIONS[0]
+    # own: z_i+ is a positive of its anchor i only (the slides) | same_class: of every same-class anchor
+    positives: str = coretuning.POSITIVES[0]
+    # joint: one CE mean over originals + generated (Core-tuning.py) | separate: the two means added (slides)
+    ce_mean: str = coretuning.CE_MEANS[0]
+
+    def problems(self) -> list[str]:
+        """The choices that are not one of their options, one phrase each naming the ``coretuning.*`` key."""
+        choices = (
+            ("reduction", coretuning.REDUCTIONS),
+            ("positives", coretuning.POSITIVES),
+            ("ce_mean", coretuning.CE_MEANS),
+        )
+        return [
+            f"coretuning.{key} {getattr(self, key)!r} is not one of {', '.join(allowed)}"
+            for key, allowed in choices
+            if getattr(self, key) not in allowed
+        ]
 
 
 @dataclass
@@ -167,6 +195,9 @@ class FinetuneModel(nn.Module):
             eta=self.core.eta,
             temperature=self.core.temperature,
             min_negative_lambda=self.core.min_negative_lambda,
+            reduction=self.core.reduction,
+            positives=self.core.positives,
+            ce_mean=self.core.ce_mean,
         )
         local = slice(self.runtime.rank * len(labels), (self.runtime.rank + 1) * len(labels))
         return {
@@ -264,6 +295,94 @@ class _Interval:
         return totals
 
 
+class _RunState:
+    """One fine-tuning run's optimizer, schedule, history and open interval; saves and restores them."""
+
+    def __init__(
+        self,
+        model: FinetuneModel,
+        settings: RunSettings,
+        runtime: Runtime,
+        fingerprint: dict[str, Any],
+        state_path: Path | None,
+    ) -> None:
+        self.model, self.settings, self.runtime = model, settings, runtime
+        self.fingerprint, self.state_path = fingerprint, state_path
+        self.optimizer = torch.optim.SGD(
+            model.parameters(),
+            lr=settings.lr,
+            momentum=settings.momentum,
+            nesterov=settings.nesterov,
+            weight_decay=settings.weight_decay,
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, settings.lr_factor)
+        self.run = FinetuneRun(model, [], 0)
+        self.interval = _Interval(runtime.device)
+
+    def restore(self, allow_change: bool, initial_backbone: dict[str, torch.Tensor] | None) -> None:
+        """Continue from the saved state if there is one, else check the backbone of a fresh run."""
+        path = self.state_path
+        state = _load_state(path, self.fingerprint, allow_change) if path is not None else None
+        if state is None:
+            if initial_backbone is not None:
+                check_backbone_matches(self.model.backbone, initial_backbone)
+            return
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.run.history, self.run.resumed_from = list(state["history"]), int(state["step"])
+        self.run.config_changes = list(state.get("config_changes", []))
+        if self.runtime.main and "interval" in state:  # the open interval's sums, over all ranks
+            self.interval.sums = state["interval"].to(self.runtime.device)
+
+    def train_step(self, net: nn.Module, images: torch.Tensor, labels: torch.Tensor, step: int) -> None:
+        draws = None
+        if self.settings.method == "coretuning":
+            global_batch = len(labels) * self.runtime.world  # equal shares: see SeededBatches
+            alpha = self.settings.coretuning.alpha
+            draws = coretuning.draw_mixing(global_batch, alpha, (self.settings.seed, step))
+        out = net(images, labels, draws)
+        self.optimizer.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        self.interval.add(out, labels)
+
+    def save(self, step: int, interrupted: bool = False) -> dict[str, float] | None:
+        """Close the interval into a history row (kept open when ``interrupted``) and write the state
+        (main rank); returns the row."""
+        totals = self.interval.total(self.runtime)
+        row = None
+        if not interrupted:
+            seen = max(totals[4], 1.0)
+            row = {
+                "step": step,
+                "lr": self.optimizer.param_groups[0]["lr"],
+                "loss": totals[0] / seen,
+                "ce": totals[1] / seen,
+                "contrastive": totals[2] / seen,
+                "train_top1": 100.0 * totals[3] / seen,
+            }
+            self.run.history.append(row)
+        if self.state_path is not None and self.runtime.main:
+            torch_save(
+                {
+                    "version": STATE_VERSION,
+                    "fingerprint": self.fingerprint,
+                    "step": step,
+                    "model": self.model.state_dict(),
+                    "optimizer": self.optimizer.state_dict(),
+                    "scheduler": self.scheduler.state_dict(),
+                    "history": self.run.history,
+                    "interval": torch.tensor(totals if interrupted else [0.0] * 5),
+                    "config_changes": self.run.config_changes,
+                },
+                self.state_path,
+            )
+        self.runtime.barrier()
+        return row
+
+
 def finetune(
     model: FinetuneModel,
     train_data: Dataset,
@@ -289,38 +408,19 @@ def finetune(
     ``runtime``: the process's place in a ``torchrun`` launch (default: one process on ``device``).
     A stop signal saves the state and raises :class:`TrainingInterrupted`."""
     runtime = runtime if runtime is not None else Runtime(device=device)
-    fingerprint = {"settings": settings.as_dict(), **(fingerprint or {})}
     precision = Precision(device)
     model = precision.model(model)
     model.runtime = runtime
-    optimizer = torch.optim.SGD(
-        model.parameters(),
-        lr=settings.lr,
-        momentum=settings.momentum,
-        nesterov=settings.nesterov,
-        weight_decay=settings.weight_decay,
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, settings.lr_factor)
-    run = FinetuneRun(model, [], 0)
-    interval = _Interval(device)
-    state = _load_state(state_path, fingerprint, allow_change) if state_path is not None else None
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        run.history, run.resumed_from = list(state["history"]), int(state["step"])
-        run.config_changes = list(state.get("config_changes", []))
-        if runtime.main and "interval" in state:  # the open interval's sums, over all ranks
-            interval.sums = state["interval"].to(device)
-    elif initial_backbone is not None:
-        check_backbone_matches(model.backbone, initial_backbone)
-
+    fingerprint = {"settings": settings.as_dict(), **(fingerprint or {})}
+    state = _RunState(model, settings, runtime, fingerprint, state_path)
+    state.restore(allow_change, initial_backbone)
+    start = state.run.resumed_from
     net = runtime.wrap(model)
     sampler = SeededBatches(
-        len(train_data),  # type: ignore[arg-type]
+        len(train_data),
         settings.batch_size,
         settings.seed,
-        run.resumed_from,
+        start,
         settings.steps,
         runtime.rank,
         runtime.world,
@@ -332,72 +432,27 @@ def finetune(
         pin_memory=device.type == "cuda",
         persistent_workers=False,
     )
-
-    def save(step: int, interrupted: bool = False) -> None:
-        totals = interval.total(runtime)
-        if not interrupted:
-            seen = max(totals[4], 1.0)
-            row = {
-                "step": step,
-                "lr": optimizer.param_groups[0]["lr"],
-                "loss": totals[0] / seen,
-                "ce": totals[1] / seen,
-                "contrastive": totals[2] / seen,
-                "train_top1": 100.0 * totals[3] / seen,
-            }
-            run.history.append(row)
-            if metrics is not None:
-                metrics.write(desc, step, **{k: v for k, v in row.items() if k != "step"})
-        if state_path is not None and runtime.main:
-            torch_save(
-                {
-                    "version": STATE_VERSION,
-                    "fingerprint": fingerprint,
-                    "step": step,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "history": run.history,
-                    "interval": torch.tensor(totals if interrupted else [0.0] * 5),
-                    "config_changes": run.config_changes,
-                },
-                state_path,
-            )
-        runtime.barrier()
-
-    bar = Progress(settings.steps, desc, run.resumed_from, settings.batch_size, enabled=progress)
-    step = run.resumed_from
+    bar = Progress(settings.steps, desc, start, settings.batch_size, enabled=progress)
     with catch_stop_signals() as stop:
-        for images, labels in loader:
+        for step, (images, labels) in enumerate(loader, start):
             if on_step is not None:
                 on_step(step, model)
             model.train()
             labels = torch.as_tensor(labels, dtype=torch.long).to(device, non_blocking=True)
-            draws = None
-            if settings.method == "coretuning":
-                global_batch = len(labels) * runtime.world  # equal shares: see SeededBatches
-                draws = coretuning.draw_mixing(global_batch, settings.coretuning.alpha, (settings.seed, step))
-            out = net(precision.images(images), labels, draws)
-            optimizer.zero_grad(set_to_none=True)
-            out["loss"].backward()
-            optimizer.step()
-            scheduler.step()
-            interval.add(out, labels)
-            step += 1
+            state.train_step(net, precision.images(images), labels, step)
+            done = step + 1
             bar.update()
-            saved = step % settings.save_every == 0 or step == settings.steps
-            if saved:
-                save(step)
-            sync_point = saved or step % STOP_CHECK_EVERY == 0
-            if step < settings.steps and stop.requested(runtime, at_sync_point=sync_point):
+            saved = done % settings.save_every == 0 or done == settings.steps
+            if saved and (row := state.save(done)) is not None and metrics is not None:
+                metrics.write(desc, done, **{k: v for k, v in row.items() if k != "step"})
+            sync_point = saved or done % STOP_CHECK_EVERY == 0
+            if done < settings.steps and stop.requested(runtime, at_sync_point=sync_point):
                 bar.close()
                 if not saved:
-                    save(step, interrupted=True)
-                raise TrainingInterrupted(
-                    f"fine-tuning ({desc})", state_path or Path("(no state file)"), step
-                )
+                    state.save(done, interrupted=True)
+                raise TrainingInterrupted(f"fine-tuning ({desc})", state_path or Path("(no state)"), done)
     bar.close()
-    return run
+    return state.run
 
 
 @torch.no_grad()

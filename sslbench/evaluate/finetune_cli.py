@@ -63,6 +63,7 @@ def run_finetune(args: argparse.Namespace, on_step: Any = None) -> int:
     from sslbench.data.registry import DATASETS, build_dataset
     from sslbench.data.transforms import describe_transform, eval_transform, lbfgs_transform, train_transform
     from sslbench.evaluate.cli import _dataset_record, _print_metrics
+    from sslbench.evaluate.finetune import LAST_PARTIAL_BATCH
     from sslbench.evaluate.finetune_grid import (
         CORETUNING_SOURCE,
         FinetuneConfig,
@@ -73,8 +74,9 @@ def run_finetune(args: argparse.Namespace, on_step: Any = None) -> int:
     from sslbench.runtime.precision import Precision
     from sslbench.runtime.process import start_runtime
     from sslbench.runtime.progress import MetricsLog
-    from sslbench.tools.records import ResultRecord, write_record
+    from sslbench.tools.records import ResultRecord, utc_now, write_record
 
+    started_at = utc_now()
     config_path = resolve_config_path(args.config, "finetune")
     config = load_config(FinetuneConfig, config_path, _overrides(args)).check()
     if args.workers < 0:
@@ -105,6 +107,7 @@ def run_finetune(args: argparse.Namespace, on_step: Any = None) -> int:
     for split, data in parts.items():
         if len(data) == 0:
             raise ConfigError(f"{args.dataset}: the {split} split is empty under {args.root}")
+    sizes = {split: len(data) for split, data in parts.items()}
     splits = Splits(parts["train"], parts["val"], parts["trainval"], parts["test"], parts["test"].num_classes)
     fingerprint = {
         "checkpoint": ckpt.sha256,
@@ -112,7 +115,7 @@ def run_finetune(args: argparse.Namespace, on_step: Any = None) -> int:
         "dataset": args.dataset,
         "root": str(Path(args.root).resolve()) if args.root is not None else None,
         "options": {k: v for k, v in options.items() if v is not None},
-        "sizes": {split: len(data) for split, data in parts.items()},
+        "sizes": sizes,
         "train_transform": describe_transform(augment),
         "test_transform": describe_transform(plain),
         "world_size": runtime.world,
@@ -158,7 +161,9 @@ def run_finetune(args: argparse.Namespace, on_step: Any = None) -> int:
         "weight_decay": outcome.weight_decay,
         "effective_lr": outcome.final["effective_lr"],
         "steps_run": outcome.final["steps"],
+        **config.grid_record(),
         "grid_points": len(outcome.grid),
+        "last_partial_batch": LAST_PARTIAL_BATCH,
         "select_metric": select,
         "select_split": "val" if outcome.grid else None,
         "grid_train_split": "train",
@@ -178,9 +183,13 @@ def run_finetune(args: argparse.Namespace, on_step: Any = None) -> int:
     record = ResultRecord(
         task="finetune",
         protocol={"name": f"finetune-{config.name}-{config.method}", "source": source, "settings": settings},
-        dataset=_dataset_record(args, splits.trainval, splits.test, options),
+        dataset={
+            **_dataset_record(args, splits.trainval, splits.test, options, uses_val=True),
+            "sizes": sizes,
+        },
         metrics=outcome.metrics,
         checkpoint=ckpt.describe(),
+        started_at=started_at,
         seed=args.seed,
         extra={
             "grid": outcome.grid,

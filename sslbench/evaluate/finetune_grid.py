@@ -3,7 +3,9 @@
 ssl-transfer ``finetune.py`` (Ericsson et al. CVPR 2021): lr over ``logspace(-4, -1, 4)`` (largest
 first) and wd over ``{0} U logspace(-6, -3, 4) / lr``; each point fine-tunes the checkpoint on
 ``train`` and scores ``val`` once, at the end; the first point with the best validation score (the
-dataset's headline metric) wins; it is retrained on ``trainval`` and scored on ``test`` once.
+dataset's headline metric) wins; it is retrained on ``trainval`` and scored on ``test`` once. An
+explicit grid (``grid_lr`` x ``grid_wd``) replaces it; the record says which grid ran
+(:meth:`FinetuneConfig.grid_record`).
 
 Resumable: every grid point is a folder ``OUT/grid/NN_lr.._wd..`` holding its training state
 (``state.pth``, while it runs) and its result (``point.json``, once done, when the state is
@@ -101,6 +103,8 @@ class FinetuneConfig:
         length, unit = (self.epochs, "epochs") if self.epochs > 0 else (self.steps, "steps")
         if self.schedule == "multistep" and not all(0 < m < length for m in self.milestones):
             problems.append(f"milestones {self.milestones} must lie inside the run (0, {length}) {unit}")
+        if self.method == "coretuning":
+            problems.extend(self.coretuning.problems())
         if problems:
             raise ConfigError(f"fine-tune config {self.name}: " + "; ".join(problems))
         return self
@@ -110,6 +114,19 @@ class FinetuneConfig:
         if self.grid_lr:
             return [(float(lr), float(wd)) for lr in self.grid_lr for wd in self.grid_wd]
         return ssl_transfer_grid(self.grid_size)
+
+    def grid_record(self) -> dict[str, Any]:
+        """Which grid ran, for ``result.json``: ``grid_size`` only where the ssl-transfer grid ran,
+        the explicit lists where they were given, neither when lr and weight decay were."""
+        size, lrs, wds = None, [float(v) for v in self.grid_lr], [float(v) for v in self.grid_wd]
+        if self.lr is not None and self.weight_decay is not None:
+            kind, lrs, wds = "none: lr and weight_decay given", [], []
+        elif self.grid_lr:
+            kind = "explicit: grid_lr x grid_wd (absolute weight decays)"
+        else:
+            size = self.grid_size
+            kind = f"ssl-transfer: lr logspace(-4, -1, {size}) x wd {{0}} U logspace(-6, -3, {size}) / lr"
+        return {"grid": kind, "grid_size": size, "grid_lr": lrs, "grid_wd": wds}
 
     def run_settings(self, lr: float, weight_decay: float, num_samples: int, seed: int) -> RunSettings:
         """The settings of one run on a split of ``num_samples`` (epochs and milestones -> steps)."""

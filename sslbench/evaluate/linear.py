@@ -4,7 +4,10 @@
   logistic regression (scikit-learn, L-BFGS, ``warm_start=True``, its default ``max_iter=100``),
   ``C = 1 / wd`` with wd over ``logspace(-6, 5, 45)`` in that order; the C with the best validation
   score (the dataset's headline metric; the first best wins, as ssl-transfer keeps a strictly
-  better one) is refit on train+val and scored on test once.
+  better one) is refit on train+val and scored on test once. The grid is built with ssl-transfer's
+  arithmetic (:func:`c_grid`: wd in float32, the reciprocal in float64): a float64 grid differs by
+  ~5e-8 relative, and through the warm starts and the capped iterations that can change the
+  chosen C and the test score by more than a point.
 * :func:`train_linear_head`: MoCo ``main_lincls.py`` (He et al. 2020). A ``Linear(D, C)`` head
   (weights N(0, 0.01), bias 0) on the frozen backbone kept in eval mode (BN statistics fixed),
   SGD lr 30, momentum 0.9, weight decay 0, batch 256, 100 epochs, lr x0.1 at epochs 60 and 80,
@@ -41,18 +44,27 @@ from sslbench.runtime.process import Runtime
 from sslbench.runtime.progress import MetricsLog, Progress
 from sslbench.runtime.resume import change_entry, check_fingerprint, read_state
 from sslbench.runtime.sampling import SeededBatches, SeededSamples, steps_per_epoch
-from sslbench.runtime.signals import STOP_CHECK_EVERY, TrainingInterrupted, catch_stop_signals
+from sslbench.runtime.signals import (
+    STOP_CHECK_EVERY,
+    StopSignal,
+    TrainingInterrupted,
+    catch_stop_signals,
+)
 
 WD_RANGE = (-6.0, 5.0)  # ssl-transfer: wd = 1/C over logspace(-6, 5, 45)
 C_GRID_SIZE = 45
 LBFGS_MAX_ITER = 100  # scikit-learn's default, which ssl-transfer keeps
+C_GRID_ARITHMETIC = "wd = torch.logspace(-6, 5, N) in float32; C = 1 / wd in float64 (ssl-transfer)"
 
 
 def c_grid(size: int = C_GRID_SIZE) -> list[float]:
-    """``C = 1 / wd`` for wd over ``logspace(-6, 5, size)``, in ssl-transfer's order (wd rising)."""
+    """``C = 1 / wd`` for wd over ``logspace(-6, 5, size)``, in ssl-transfer's order (wd rising) and
+    with its arithmetic: wd is ``torch.logspace`` in float32 (torch's default dtype) and each C the
+    float64 reciprocal of one float32 value (ssl-transfer: ``C = 1. / wd.item()``)."""
     if size < 1:
         raise ValueError("the C grid needs at least one value")
-    return [float(1.0 / wd) for wd in np.logspace(*WD_RANGE, size)]
+    wds = torch.logspace(*WD_RANGE, size, dtype=torch.float32)
+    return [1.0 / wd for wd in wds.tolist()]  # tolist(): the exact float32 values as Python floats
 
 
 @dataclass
@@ -264,43 +276,20 @@ def train_linear_head(
 
     with catch_stop_signals() as stop:
         for epoch in range(run.resumed_from, settings.epochs):
-            head.train()
-            # summed on the device: no host sync per step
-            total_loss = torch.zeros((), device=device)
-            correct = torch.zeros((), dtype=torch.long, device=device)
-            seen = 0
             lr = optimizer.param_groups[0]["lr"]
-            loader = loader_for_epoch(epoch)
-            bar = Progress(
-                len(loader),
-                f"linear epoch {epoch + 1}/{settings.epochs}",
-                images_per_step=settings.batch_size,
-                enabled=progress,
-            )
-            for step, (images, labels) in enumerate(loader, 1):
-                labels = torch.as_tensor(labels, dtype=torch.long).to(device, non_blocking=True)
-                with torch.no_grad(), precision.autocast():
-                    features = backbone(precision.images(images))
-                logits = net(features.float().flatten(1))
-                loss, summed = _probe_loss(logits, labels, runtime)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total_loss += summed
-                correct += (logits.detach().argmax(1) == labels).sum()
-                seen += len(labels)
-                bar.update()
-                if stop.requested(runtime, at_sync_point=step % STOP_CHECK_EVERY == 0):
-                    bar.close()
-                    raise TrainingInterrupted(
-                        f"the linear probe (epoch {epoch + 1})",
-                        state_path or Path("(no state file)"),
-                        step,
-                        f" at the end of epoch {epoch}; the rerun redoes epoch {epoch + 1}",
-                    )
+            desc = f"linear epoch {epoch + 1}/{settings.epochs}"
+            bar = Progress(len(loader := loader_for_epoch(epoch)), desc, 0, settings.batch_size, progress)
+            sums = _train_epoch(backbone, net, optimizer, loader, precision, runtime, stop, bar)
             bar.close()
+            if sums is None:
+                raise TrainingInterrupted(
+                    f"the linear probe (epoch {epoch + 1})",
+                    state_path or Path("(no state file)"),
+                    bar.step,
+                    f" at the end of epoch {epoch}; the rerun redoes epoch {epoch + 1}",
+                )
             scheduler.step()
-            row = _epoch_row(epoch, lr, total_loss, correct, seen, runtime)
+            row = _epoch_row(epoch, lr, *sums, runtime)
             run.history.append(row)
             if metrics is not None:
                 metrics.write("linear", epoch + 1, **{k: v for k, v in row.items() if k != "epoch"})
@@ -319,6 +308,41 @@ def train_linear_head(
                 )
             runtime.barrier()
     return run
+
+
+def _train_epoch(
+    backbone: nn.Module,
+    head: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loader: DataLoader,
+    precision: Precision,
+    runtime: Runtime,
+    stop: StopSignal,
+    bar: Progress,
+) -> tuple[torch.Tensor, torch.Tensor, int] | None:
+    """One epoch of SGD on ``head`` over the frozen ``backbone``'s features: the summed loss, the
+    correct count (both on the device: no host sync per step) and the sample count; ``None`` when a
+    stop signal ended it early."""
+    head.train()
+    total_loss = torch.zeros((), device=precision.device)
+    correct = torch.zeros((), dtype=torch.long, device=precision.device)
+    seen = 0
+    for step, (images, labels) in enumerate(loader, 1):
+        labels = torch.as_tensor(labels, dtype=torch.long).to(precision.device, non_blocking=True)
+        with torch.no_grad(), precision.autocast():
+            features = backbone(precision.images(images))
+        logits = head(features.float().flatten(1))
+        loss, summed = _probe_loss(logits, labels, runtime)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total_loss += summed
+        correct += (logits.detach().argmax(1) == labels).sum()
+        seen += len(labels)
+        bar.update()
+        if stop.requested(runtime, at_sync_point=step % STOP_CHECK_EVERY == 0):
+            return None
+    return total_loss, correct, seen
 
 
 def _epoch_row(

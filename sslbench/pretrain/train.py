@@ -262,6 +262,24 @@ def run_pretraining(
         )
 
 
+def _epoch_loader(
+    views: SeededTwoCrops, cfg: PretrainConfig, runtime: Runtime, epoch: int, done_steps: int
+) -> DataLoader:
+    """This rank's batches of ``epoch`` from step ``done_steps`` on."""
+    batches = EpochBatches(
+        len(views), cfg.batch_size, epoch, cfg.seed, runtime.rank, runtime.world, done_steps
+    )
+    # its own generator: making the iterator must not draw from the global RNG (a resumed run
+    # makes one iterator more than the run it continues)
+    return DataLoader(
+        views,
+        batch_sampler=batches,
+        num_workers=cfg.data.workers,
+        pin_memory=runtime.device.type == "cuda",
+        generator=torch.Generator().manual_seed(cfg.seed + epoch),
+    )
+
+
 def _train(
     cfg: PretrainConfig,
     runtime: Runtime,
@@ -338,24 +356,7 @@ def _train(
             lr = learning_rate(cfg, epoch)
             for group in trainer.optimizer.param_groups:
                 group["lr"] = lr
-            batches = EpochBatches(
-                len(views),
-                cfg.batch_size,
-                epoch,
-                cfg.seed,
-                runtime.rank,
-                runtime.world,
-                trainer.step_in_epoch,
-            )
-            # its own generator: making the iterator must not draw from the global RNG (a resumed run
-            # makes one iterator more than the run it continues)
-            loader = DataLoader(
-                views,
-                batch_sampler=batches,
-                num_workers=cfg.data.workers,
-                pin_memory=runtime.device.type == "cuda",
-                generator=torch.Generator().manual_seed(cfg.seed + epoch),
-            )
+            loader = _epoch_loader(views, cfg, runtime, epoch, trainer.step_in_epoch)
             for im_q, im_k in loader:
                 with precision.autocast():
                     output = model(

@@ -12,7 +12,8 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
         ALLOW_CHANGE_FLAG,
         dest="allow_config_change",
         action="store_true",
-        help="with --resume: continue a run whose settings changed, recording the change and its step",
+        help="when resuming: continue a run saved with other settings, recording the change and its step "
+        "(without it such a resume is refused, naming the changed keys)",
     )
     parser.add_argument(
         "--tensorboard",
