@@ -153,11 +153,12 @@ def _assert_identical(a: object, b: object, where: str = "") -> None:
         assert a == b, where
 
 
-def test_ft_off_trains_plain_moco_bit_for_bit(tmp_path):
+def test_ft_off_trains_plain_moco_bit_for_bit_and_the_knn_monitor_changes_nothing(tmp_path):
     small = ["moco.arch=resnet18", "augment.size=16", "data.max_images=64", "epochs=2", "log_every=3"]
     runs = {
         "plain": ("mocov2_tiny", []),
-        "disabled": ("mocov2_ft_tiny", ["ft.enabled=false"]),
+        # the kNN monitor after each epoch must not move the run either (RNG, BN statistics)
+        "disabled": ("mocov2_ft_tiny", ["ft.enabled=false", "monitor.every=1"]),
         "late": ("mocov2_ft_tiny", ["ft.start_epoch=2"]),  # FT would start after the last epoch
     }
     states = {}
@@ -174,6 +175,7 @@ def test_ft_off_trains_plain_moco_bit_for_bit(tmp_path):
     plain_cfg = yaml.safe_load((tmp_path / "plain" / "config.yaml").read_text())
     late_cfg = yaml.safe_load((tmp_path / "late" / "config.yaml").read_text())
     assert {k for k in plain_cfg if plain_cfg[k] != late_cfg[k]} == {"out", "ft"}
+    assert read_scores(tmp_path / "disabled")["knn_top1"].notna().sum() == 2
 
 
 @pytest.mark.parametrize(
