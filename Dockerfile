@@ -4,7 +4,7 @@
 #   docker build -t sslbench .
 #   docker run --gpus all --ipc=host -v /path/ckpts:/ckpts -v /path/datasets:/datasets \
 #       -v /path/results:/results sslbench suite /ckpts/model.pth \
-#       --suite /app/configs/suites/paper.yaml --out /results
+#       --suite paper --out /results
 #
 # Versions: torch/torchvision must equal the pins in pyproject.toml (tests/test_dockerfile.py checks it,
 # and installing the package below would fail on a mismatch). The CUDA toolkit matches the CUDA build
@@ -46,8 +46,7 @@ ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY sslbench ./sslbench
-COPY configs ./configs
-RUN pip install /wheels/detectron2-*.whl && pip install -e ".[gpu,detection,cluster]" && rm -rf /wheels
+RUN pip install /wheels/detectron2-*.whl && pip install ".[gpu,detection,cluster]" && rm -rf /wheels
 
 RUN useradd --create-home --uid 1000 sslbench && mkdir -p /results /ckpts /datasets \
     && chown sslbench /results /app

@@ -57,7 +57,7 @@ if [ "$GPUS" -ge 2 ]; then
         python -m torch.distributed.run --standalone --nproc_per_node 2 benchmarks/gather_layout.py
     step ddp-pretrain 60 'wrote|error' \
         python -m torch.distributed.run --standalone --nproc_per_node 2 -m sslbench pretrain \
-        --config mocov2_ft_tiny "out=$LOG/ddp" epochs=1 data.max_images=512 data.workers=2
+        --config mocov2_ft_tiny --out "$LOG/ddp" epochs=1 data.max_images=512 data.workers=2
     step ddp-knn 60 'k=20 T=0.07|wrote|error' \
         python -m torch.distributed.run --standalone --nproc_per_node 2 -m sslbench knn \
         "$LOG/ddp/checkpoint_last.pth" --dataset digits --image-size 32 --out "$LOG/ddp-knn" --no-cache

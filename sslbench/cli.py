@@ -1,7 +1,10 @@
 """The ``sslbench`` command: one subcommand per job.
 
-Each subpackage registers its own subcommands; heavy imports happen inside the handlers so that
-``sslbench --help`` is fast and optional dependencies (detectron2) are needed only by their command.
+Each subpackage registers its own subcommands from a light module (no torch, torchvision, FAISS,
+scikit-learn, pandas or matplotlib at import: ``tests/test_cli_conventions.py`` checks it); heavy
+imports happen inside the handlers, so ``sslbench --help`` is fast and optional dependencies
+(detectron2) are needed only by their command. The shared conventions (``--out``, trailing
+``KEY=VALUE`` overrides, defaults in help, exact option names) live in ``sslbench.commandline``.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from collections.abc import Sequence
 
 from sslbench import __version__
 from sslbench.checkpoints import cli as checkpoints_cli
+from sslbench.commandline import CommandParser, HelpFormatter, configure, take_overrides
 from sslbench.data import cli as data_cli
 from sslbench.errors import SslbenchError
 from sslbench.evaluate import cli as evaluate_cli
@@ -33,18 +37,35 @@ REGISTRARS = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="sslbench", description="Evaluate self-supervised ResNet checkpoints the way papers do."
+    parser = CommandParser(
+        prog="sslbench",
+        description="Evaluate self-supervised ResNet checkpoints the way papers do.",
+        allow_abbrev=False,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"sslbench {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for register in REGISTRARS:
         register(subparsers)
+    for subparser in subparsers.choices.values():
+        configure(subparser)
     return parser
 
 
+def _subcommand(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return action.choices[name]
+
+
+def parse_command_line(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The parsed command; ``KEY=VALUE`` overrides are collected wherever they were written."""
+    parser = build_parser()
+    args, extras = parser.parse_known_args(argv)
+    return take_overrides(_subcommand(parser, args.command), args, extras)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_command_line(argv)
     try:
         return int(args.run(args) or 0)
     except TrainingInterrupted as exc:  # saved; a requeued job continues with --resume

@@ -188,7 +188,7 @@ def test_bad_input_gives_one_clear_error_and_writes_nothing(
     src = tmp_path / "bad.pth"
     make(src, r18)
     out = tmp_path / "out.pth"
-    _expect_cli_error(["convert", str(src), "--to", "torchvision", "-o", str(out)], capsys, pattern)
+    _expect_cli_error(["convert", str(src), "--to", "torchvision", "--out", str(out)], capsys, pattern)
     assert not out.exists()
     assert list(tmp_path.iterdir()) == [src]  # no temporary file left behind either
 
@@ -210,7 +210,7 @@ def test_resnet50_read_as_resnet18_lists_the_mismatch(
 def test_convert_round_trip_is_bit_exact(writer: str, r18: nn.Module, tmp_path: Path) -> None:
     src = save(SOURCES["moco_v2"](r18), tmp_path / "moco.pth")
     out = tmp_path / f"out.{writer}"
-    assert main(["convert", str(src), "--to", writer, "-o", str(out)]) == 0
+    assert main(["convert", str(src), "--to", writer, "--out", str(out)]) == 0
     again = read_checkpoint(out)
     assert again.arch == "resnet18"
     assert_same_tensors(again.state_dict, backbone_of(r18))
@@ -219,7 +219,7 @@ def test_convert_round_trip_is_bit_exact(writer: str, r18: nn.Module, tmp_path: 
 def test_torchvision_output_loads_strictly_into_torchvision(r18: nn.Module, tmp_path: Path) -> None:
     src = save(SOURCES["dino"](r18), tmp_path / "dino.pth")
     out = tmp_path / "tv.pth"
-    assert main(["convert", str(src), "--to", "torchvision", "-o", str(out)]) == 0
+    assert main(["convert", str(src), "--to", "torchvision", "--out", str(out)]) == 0
     model = tvm.resnet18()
     model.fc = nn.Identity()
     model.load_state_dict(torch.load(out, weights_only=True), strict=True)
@@ -243,7 +243,7 @@ def test_detectron2_export_follows_the_renaming_rules_for_resnet50(tmp_path: Pat
     model = tvm.resnet50()
     src = save(SOURCES["moco_v1"](model), tmp_path / "m.pth")
     out = tmp_path / "d2.pkl"
-    assert main(["convert", str(src), "--to", "detectron2", "-o", str(out)]) == 0
+    assert main(["convert", str(src), "--to", "detectron2", "--out", str(out)]) == 0
     payload = pickle.loads(out.read_bytes())
     assert payload["matching_heuristics"] is True
     exported = payload["model"]

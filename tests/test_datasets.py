@@ -34,10 +34,10 @@ def _check_against_fixture(name: str, fixture: fixtures.Fixture, **options) -> N
     assert set(parts["train"].targets) == set(range(len(fixture.classes)))
 
 
-@pytest.mark.parametrize("kind", ["cub", "aircraft", "inat18", "imagefolder"])
+@pytest.mark.parametrize("kind", ["cub200", "aircraft", "inat18", "imagefolder"])
 def test_reader_returns_the_images_labels_and_classes_the_fixture_wrote(tmp_path: Path, kind: str) -> None:
     fixture = fixtures.WRITERS[kind](tmp_path, num_classes=5, per_class=6, size=32)
-    _check_against_fixture(fixtures.DATASET_OF_WRITER[kind], fixture)
+    _check_against_fixture(kind, fixture)
 
 
 def test_cub_ids_are_one_based_and_greyscale_images_load_as_rgb(tmp_path: Path) -> None:
@@ -104,8 +104,8 @@ def test_imagefolder_class_list_restricts_and_orders_the_classes(tmp_path: Path)
 @pytest.mark.parametrize(
     ("kind", "missing"),
     [
-        ("cub", "CUB_200_2011/image_class_labels.txt"),
-        ("cub", "CUB_200_2011/train_test_split.txt"),
+        ("cub200", "CUB_200_2011/image_class_labels.txt"),
+        ("cub200", "CUB_200_2011/train_test_split.txt"),
         ("aircraft", "fgvc-aircraft-2013b/data/images_variant_trainval.txt"),
         ("aircraft", "fgvc-aircraft-2013b/data/variants.txt"),
         ("inat18", "train2018.json"),
@@ -122,7 +122,7 @@ def test_missing_annotation_file_is_named_with_the_expected_layout(
     else:
         target.unlink()
     with pytest.raises(DatasetError, match=rf"(?s){Path(missing).name} not found\. Expected the layout"):
-        build_dataset(fixtures.DATASET_OF_WRITER[kind], tmp_path, "trainval")
+        build_dataset(kind, tmp_path, "trainval")
 
 
 def test_aircraft_label_missing_from_class_list_is_an_error(tmp_path: Path) -> None:
@@ -138,8 +138,20 @@ def test_build_dataset_rejects_options_a_dataset_does_not_take(tmp_path: Path) -
         build_dataset("cub200", tmp_path, "test", class_list="x.txt")
 
 
+def test_imagefolder_root_may_be_given_as_its_train_folder(tmp_path: Path) -> None:
+    fixture = fixtures.write_imagefolder(tmp_path, num_classes=3, per_class=5, size=16)
+    for split in ("trainval", "train", "val", "test"):
+        from_root = build_dataset("imagefolder", fixture.root, split)
+        from_train = build_dataset("imagefolder", fixture.root / "train", split)
+        assert _entries(from_train) == _entries(from_root) and from_train.classes == from_root.classes
+    (tmp_path / "elsewhere" / "train").mkdir(parents=True)  # a train/ folder with no classes: still an error
+    with pytest.raises(DatasetError, match="no class folders"):
+        build_dataset("imagefolder", tmp_path / "elsewhere" / "train", "trainval")
+
+
 def test_make_fixture_command_writes_a_layout_the_reader_accepts(tmp_path: Path, capsys) -> None:
-    assert main(["make-fixture", "aircraft", str(tmp_path), "--classes", "3", "--per-class", "3"]) == 0
+    args = ["make-fixture", "aircraft", "--out", str(tmp_path), "--classes", "3", "--per-class", "3"]
+    assert main(args) == 0
     assert "--dataset aircraft --root" in capsys.readouterr().out
     assert build_dataset("aircraft", tmp_path, "trainval").num_classes == 3
 

@@ -77,7 +77,19 @@ def test_package_is_installed_with_gpu_extras(dockerfile: DockerfileParser) -> N
     runs = _instructions(dockerfile, "RUN")
     assert any(re.search(r"pip install .*\.\[gpu,detection", run) for run in runs)
     copied = " ".join(_instructions(dockerfile, "COPY"))
-    assert "pyproject.toml" in copied and "sslbench" in copied and "configs" in copied
+    assert "pyproject.toml" in copied and "sslbench" in copied
+
+
+def test_configs_ship_inside_the_package_not_beside_it(dockerfile: DockerfileParser) -> None:
+    copied = [value.split()[0] for value in _instructions(dockerfile, "COPY") if "--from" not in value]
+    assert "configs" not in copied  # a top-level configs/ would only work for an editable install
+    package_data = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    configs = REPO / "sslbench" / "configs"
+    shipped = sorted(path.relative_to(configs) for path in configs.rglob("*.yaml"))
+    assert shipped, "no shipped configs"
+    assert all(
+        any(path.match(pattern) for pattern in package_data["sslbench.configs"]) for path in shipped
+    ), package_data
 
 
 def test_runs_as_a_non_root_user_with_sslbench_as_entrypoint(dockerfile: DockerfileParser) -> None:

@@ -16,7 +16,7 @@ import torch
 from torchvision.transforms import InterpolationMode
 
 from sslbench.checkpoints.readers import read_checkpoint
-from sslbench.cli import build_parser, main
+from sslbench.cli import main, parse_command_line
 from sslbench.config import config_to_dict, load_config, resolve_config_path
 from sslbench.data import fixtures
 from sslbench.data.base import ImageArray
@@ -104,7 +104,7 @@ def test_ce_grid_resumes_after_a_kill_picks_the_best_val_point_and_retrains_on_t
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        run_finetune(build_parser().parse_args(args), on_step=killed_in_third_point)
+        run_finetune(parse_command_line(args), on_step=killed_in_third_point)
     points = sorted((out / "grid").iterdir())
     assert [(p / "point.json").is_file() for p in points] == [True, True, False]
     assert torch.load(points[2] / "state.pth", weights_only=True)["step"] == 1
@@ -114,7 +114,7 @@ def test_ce_grid_resumes_after_a_kill_picks_the_best_val_point_and_retrains_on_t
 
     second: list[tuple[int, int]] = []
     run_finetune(
-        build_parser().parse_args([*args, "--resume"]), on_step=_backbone_checker(checkpoint, second)
+        parse_command_line([*args, "--resume"]), on_step=_backbone_checker(checkpoint, second)
     )
     # points 0 and 1 are skipped, point 2 continues from step 1, point 3 and the final run start at 0
     assert [step for _, step in second] == [1, 0, 0]
@@ -170,7 +170,7 @@ def test_coretuning_runs_the_grid_and_writes_a_valid_record(
         return stamps[-1]
 
     monkeypatch.setattr(records, "utc_now", clock)
-    args = build_parser().parse_args(_args(checkpoint, cub_root, out, *GRID, "--method", "coretuning"))
+    args = parse_command_line(_args(checkpoint, cub_root, out, *GRID, "--method", "coretuning"))
     assert run_finetune(args, on_step=_backbone_checker(checkpoint, log)) == 0
     assert [step for _, step in log] == [
         0
@@ -211,7 +211,7 @@ def test_coretuning_variant_options_reach_the_loss_and_the_record(
         seen.append((model.core.reduction, model.core.positives, model.core.ce_mean))
 
     args = _args(checkpoint, cub_root, out, "--lr", "0.01", "--wd", "0", "--method", "coretuning")
-    assert run_finetune(build_parser().parse_args([*args, "--set", *variant]), on_step=on_step) == 0
+    assert run_finetune(parse_command_line([*args, *variant]), on_step=on_step) == 0
     assert seen == [("paper", "same_class", "separate")] * 2
     settings = read_record(out / "result.json").protocol["settings"]
     core = settings["coretuning"]
@@ -225,7 +225,6 @@ def test_coretuning_variant_options_reach_the_loss_and_the_record(
             main(
                 [
                     *_args(checkpoint, cub_root, folder, "--method", "coretuning"),
-                    "--set",
                     f"coretuning.{key}={bad}",
                 ]
             )
@@ -368,7 +367,7 @@ def test_bad_settings_exit_2_with_one_line_naming_the_problem(
     assert "give both lr and weight decay" in capsys.readouterr().err
     assert main(_args(checkpoint, cub_root, tmp_path / "b", "--config", "nope")) == 2
     assert "config nope: no such file" in capsys.readouterr().err
-    assert main(_args(checkpoint, cub_root, tmp_path / "c", "--set", "coretuning.eta=high")) == 2
+    assert main(_args(checkpoint, cub_root, tmp_path / "c", "coretuning.eta=high")) == 2
     assert "could not be converted to Float (key coretuning.eta)" in capsys.readouterr().err
     assert not any((tmp_path / name).exists() for name in "abc")
 

@@ -149,7 +149,7 @@ def test_gpu_index_gives_the_cpu_neighbours() -> None:
     import faiss
 
     if faiss.get_num_gpus() == 0:
-        pytest.skip("faiss was built without GPU support (install faiss-gpu-cu12)")
+        pytest.skip("faiss was built without GPU support (install faiss-gpu: the gpu extra)")
     train, train_y, test, test_y = clustered_features(2000, 300, 32, 10, spread=2.0, seed=5)
     cpu = knn_classify(train, train_y, test, test_y, gpu=False)
     gpu = knn_classify(train, train_y, test, test_y, gpu=True)

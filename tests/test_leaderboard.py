@@ -69,7 +69,7 @@ def test_cells_are_the_mean_std_and_seed_count_of_the_records(tmp_path: Path) ->
     assert f"**{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f} (n=3)**" in markdown
     assert "| b.pth | 60.00 |" in markdown
 
-    assert main(["leaderboard", str(tmp_path), "-o", str(tmp_path / "board")]) == 0
+    assert main(["leaderboard", str(tmp_path), "--out", str(tmp_path / "board")]) == 0
     rows = list(csv.DictReader((tmp_path / "board" / "leaderboard.csv").open()))
     assert [r["checkpoint"] for r in rows] == ["a.pth", "b.pth"]
     assert float(rows[0]["digits linear-lbfgs top1 mean"]) == pytest.approx(73.0)
@@ -115,7 +115,7 @@ def test_corrupt_and_half_written_records_are_reported_by_path_and_skipped(tmp_p
     board = build_leaderboard(tmp_path)
     assert sorted(p.path for p in board.skipped) == sorted([half, invalid])
     assert board.cell("a.pth", LINEAR)["mean"] == 70.0 and board.cell("a.pth", LINEAR)["n"] == 1
-    assert main(["leaderboard", str(tmp_path), "-o", str(tmp_path / "out")]) == 0
+    assert main(["leaderboard", str(tmp_path), "--out", str(tmp_path / "out")]) == 0
     err = capsys.readouterr().err
     assert f"skipped {half}" in err and f"skipped {invalid}" in err
     assert str(good) not in err
@@ -151,7 +151,7 @@ def test_rows_are_named_by_labels_then_labels_json_then_file_name(tmp_path: Path
     board = build_leaderboard(tmp_path, labels={"aaaaaaaa": "mine", "other.pth": "theirs"})
     assert board.rows == ["MoCo v2", "mine", "theirs"]  # labels.json's order first
     assert board.cell("MoCo v2", LINEAR)["mean"] == 60.0
-    assert main(["leaderboard", str(tmp_path), "-o", str(tmp_path / "o"), "--label", "abc=x"]) == 2
+    assert main(["leaderboard", str(tmp_path), "--out", str(tmp_path / "o"), "--label", "abc=x"]) == 2
 
 
 def test_published_rows_fill_matching_columns_and_are_marked(tmp_path: Path) -> None:
@@ -207,3 +207,25 @@ def test_html_page_is_self_contained_marks_best_and_published(tmp_path: Path) ->
     assert body["b.pth"][1][1] == ("best", "80.00")
     assert body["a.pth"][1][1] == ("", "70.00")
     assert body["MoCo v2 (published) †"][0] == "published"
+
+
+def test_a_baseline_row_is_marked_in_every_format_and_never_the_best(tmp_path: Path, capsys) -> None:
+    write(tmp_path / "a0", SHA_A, 0, {"top1": 90.0}, name="random.pth")  # the baseline scores highest
+    write(tmp_path / "b0", SHA_B, 0, {"top1": 80.0}, name="moco.pth")
+    board_dir = tmp_path / "board"
+    assert main(["leaderboard", str(tmp_path), "--out", str(board_dir), "--baseline", "random.pth"]) == 0
+    markdown = (board_dir / "leaderboard.md").read_text()
+    assert "| random.pth (baseline) | 90.00 |" in markdown and "| moco.pth | **80.00** |" in markdown
+    rows = {r["checkpoint"]: r for r in csv.DictReader((board_dir / "leaderboard.csv").open())}
+    assert (rows["random.pth"]["baseline"], rows["moco.pth"]["baseline"]) == ("True", "False")
+    html = (board_dir / "leaderboard.html").read_text()
+    assert '<tr class="baseline"><td>random.pth (baseline)</td>' in html
+
+    # the same from a baselines.json beside the records (what the quickstart writes), by sha256
+    (tmp_path / "baselines.json").write_text(json.dumps([SHA_A]))
+    assert build_leaderboard(tmp_path).baseline_rows == {"random.pth"}
+    assert main(["leaderboard", str(tmp_path), "--out", str(board_dir), "--baseline", "nope.pth"]) == 2
+    assert "--baseline nope.pth" in capsys.readouterr().err
+    (tmp_path / "baselines.json").write_text('{"not": "a list"}')
+    assert main(["leaderboard", str(tmp_path), "--out", str(board_dir)]) == 2
+    assert "expected a JSON list" in capsys.readouterr().err

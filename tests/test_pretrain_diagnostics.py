@@ -56,7 +56,7 @@ def test_collapse_alarm_fires_once_after_patience_rows_in_a_row_below_both_thres
 
 def test_collapse_alarm_fires_on_the_tiny_posneg_run_within_its_first_epoch_and_stops_it(tmp_path, capsys):
     out = tmp_path / "posneg"
-    args = ["pretrain", "--config", "mocov2_ft_tiny", f"out={out}", *FAST, "stop_on_collapse=true"]
+    args = ["pretrain", "--config", "mocov2_ft_tiny", "--out", str(out), *FAST, "stop_on_collapse=true"]
     assert main(args) == EXIT_COLLAPSED
     err = capsys.readouterr().err
     warnings = [line for line in err.splitlines() if "warning: collapse at step" in line]
@@ -82,7 +82,7 @@ def test_collapse_alarm_fires_on_the_tiny_posneg_run_within_its_first_epoch_and_
 def plain_run(tmp_path_factory) -> Path:
     """The tiny plain MoCo v2 run, one epoch, with the kNN monitor and TensorBoard on."""
     out = tmp_path_factory.mktemp("plain") / "run"
-    args = ["pretrain", "--config", "mocov2_tiny", f"out={out}", *FAST]
+    args = ["pretrain", "--config", "mocov2_tiny", "--out", str(out), *FAST]
     assert main([*args, "monitor.every=1", "logging.tensorboard=true", "collapse.feature_every=4"]) == 0
     return out
 
@@ -194,7 +194,7 @@ def test_ft_off_trains_plain_moco_bit_for_bit_and_the_knn_monitor_changes_nothin
 )
 def test_bad_diagnostics_options_are_one_line_errors(tmp_path, capsys, override, message):
     out = tmp_path / "run"
-    assert main(["pretrain", "--config", "mocov2_tiny", f"out={out}", "monitor.every=1", override]) == 2
+    assert main(["pretrain", "--config", "mocov2_tiny", "--out", str(out), "monitor.every=1", override]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
     assert not (out / "checkpoint_last.pth").exists()
@@ -202,7 +202,7 @@ def test_bad_diagnostics_options_are_one_line_errors(tmp_path, capsys, override,
 
 def test_monitor_on_a_missing_root_is_a_one_line_error(tmp_path, capsys):
     missing = tmp_path / "nowhere"
-    args = ["pretrain", "--config", "mocov2_tiny", f"out={tmp_path / 'run'}", "monitor.every=1"]
+    args = ["pretrain", "--config", "mocov2_tiny", "--out", str(tmp_path / "run"), "monitor.every=1"]
     assert main([*args, "monitor.dataset=imagefolder", f"monitor.root={missing}"]) == 2
     first = capsys.readouterr().err.strip().splitlines()[0]  # then the expected layout
     assert "monitor.root" in first and str(missing) in first

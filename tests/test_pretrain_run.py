@@ -85,7 +85,7 @@ def test_resume_after_sigterm_ends_at_the_weights_of_an_uninterrupted_run(tmp_pa
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
     # a second run into the same folder without --resume would lose it: refused
-    args = ["pretrain", "--config", "mocov2_ft_tiny", f"out={cut}", *SMALL, "data.workers=1"]
+    args = ["pretrain", "--config", "mocov2_ft_tiny", "--out", str(cut), *SMALL, "data.workers=1"]
     assert main(args) == 2
     assert "--resume" in capsys.readouterr().err
     assert main([*args, "--resume"]) == 0
@@ -104,10 +104,10 @@ def test_resume_after_sigterm_ends_at_the_weights_of_an_uninterrupted_run(tmp_pa
     assert (scores.after_ft_pos_mean < scores.before_ft_pos_mean).all(), "FT makes positives harder"
 
     png = tmp_path / "scores.png"
-    assert main(["plot-scores", str(full), str(cut), "-o", str(png), "--labels", "full", "resumed"]) == 0
+    assert main(["plot-scores", str(full), str(cut), "--out", str(png), "--labels", "full", "resumed"]) == 0
     with Image.open(png) as image:
         assert image.format == "PNG" and image.size == (1320, 1200)  # 3 x 2 panels
-    assert main(["plot-scores", str(tmp_path), "-o", str(png)]) == 2
+    assert main(["plot-scores", str(tmp_path), "--out", str(png)]) == 2
     assert "no score table" in capsys.readouterr().err
 
 
@@ -121,7 +121,7 @@ def test_resume_after_sigterm_ends_at_the_weights_of_an_uninterrupted_run(tmp_pa
     ],
 )
 def test_pretrain_command_reports_bad_input_in_one_line(tmp_path, capsys, overrides, message):
-    assert main(["pretrain", "--config", "mocov2_tiny", f"out={tmp_path}", *overrides]) == 2
+    assert main(["pretrain", *overrides, "--config", "mocov2_tiny", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from PIL import Image
 
 from sslbench.cli import main
-from sslbench.tools.quickstart import FT_LABEL, PLAIN_LABEL, RANDOM_LABEL
+from sslbench.tools.quickstart import FT_LABEL, PLAIN_LABEL, RANDOM_LABEL, WHY_RANDOM_WINS
 
 
 def test_quick_quickstart_writes_the_leaderboard_files_and_the_score_plot(tmp_path: Path, capsys) -> None:
@@ -19,6 +19,13 @@ def test_quick_quickstart_writes_the_leaderboard_files_and_the_score_plot(tmp_pa
         assert (out / name).is_file() and str(out / name) in printed
     rows = list(csv.DictReader((out / "leaderboard.csv").open()))
     assert [r["checkpoint"] for r in rows] == [RANDOM_LABEL, PLAIN_LABEL, FT_LABEL]
+    # the random init is marked as a baseline in every format, and the screen says why it may win
+    assert [r["baseline"] for r in rows] == ["True", "False", "False"]
+    assert f"| {RANDOM_LABEL} (baseline) |" in (out / "leaderboard.md").read_text()
+    html = (out / "leaderboard.html").read_text()
+    assert f'<tr class="baseline"><td>{RANDOM_LABEL} (baseline)</td>' in html
+    table_end = printed.index(f"| {FT_LABEL} |")
+    assert printed.index(WHY_RANDOM_WINS) > table_end
     for row in rows:
         for column in ("digits knn top1 mean", "digits linear-lbfgs top1 mean"):
             assert 10.0 <= float(row[column]) <= 100.0  # chance on 10 classes is 10%

@@ -39,7 +39,7 @@ def test_pretrain_resume_refuses_a_changed_setting_by_name_unless_allowed_and_re
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "run"
-    base = ["pretrain", "--config", "mocov2_tiny", f"out={out}", *PRETRAIN]
+    base = ["pretrain", "--config", "mocov2_tiny", "--out", str(out), *PRETRAIN]
     assert main(base) == 0
     err = capsys.readouterr().err
     # stderr is not a terminal here: plain lines with step, images/s and ETA, no carriage returns
@@ -79,7 +79,7 @@ def test_pretrain_resume_from_a_damaged_checkpoint_is_one_line_naming_it(
     out = tmp_path / "run"
     out.mkdir()
     (out / "checkpoint_last.pth").write_bytes(content)
-    assert main(["pretrain", "--config", "mocov2_tiny", f"out={out}", *PRETRAIN, "--resume"]) == 2
+    assert main(["pretrain", "--config", "mocov2_tiny", "--out", str(out), *PRETRAIN, "--resume"]) == 2
     _one_line(capsys.readouterr().err, str(out / "checkpoint_last.pth"), "damaged")
 
 
@@ -88,7 +88,7 @@ def test_a_bad_log_interval_is_one_line_naming_the_variable(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, value: str
 ) -> None:
     monkeypatch.setenv("SSLBENCH_LOG_SECONDS", value)
-    assert main(["pretrain", "--config", "mocov2_tiny", f"out={tmp_path / 'run'}", *PRETRAIN]) == 2
+    assert main(["pretrain", "--config", "mocov2_tiny", "--out", str(tmp_path / "run"), *PRETRAIN]) == 2
     _one_line(capsys.readouterr().err, "SSLBENCH_LOG_SECONDS")
     assert not (tmp_path / "run" / "checkpoint_last.pth").exists()
 

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from sslbench.checkpoints.formats import FORMATS
 from sslbench.checkpoints.writers import WRITERS
+from sslbench.commandline import add_out_argument
 from sslbench.models.archs import ARCHS
 
 if TYPE_CHECKING:
@@ -82,8 +83,8 @@ def run_inspect(args: argparse.Namespace) -> int:
 
 def run_convert(args: argparse.Namespace) -> int:
     ckpt = checkpoint_from_args(args)
-    WRITERS[args.to](ckpt, args.output)
-    print(f"wrote {args.output} ({args.to}, {ckpt.arch}, from {ckpt.source_format})")
+    WRITERS[args.to](ckpt, args.out)
+    print(f"wrote {args.out} ({args.to}, {ckpt.arch}, from {ckpt.source_format})")
     return 0
 
 
@@ -97,6 +98,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "convert", help="convert a checkpoint to torchvision, safetensors or detectron2"
     )
     add_checkpoint_arguments(p)
-    p.add_argument("--to", required=True, choices=list(WRITERS))
-    p.add_argument("-o", "--output", type=Path, required=True, help="output file")
+    p.add_argument("--to", required=True, choices=list(WRITERS), help="format to write")
+    add_out_argument(p, "convert", "output file", required=True, old=("-o", "--output"))
     p.set_defaults(run=run_convert)

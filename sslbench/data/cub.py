@@ -3,8 +3,9 @@
 Labels come from ``image_class_labels.txt`` (1-based class ids, mapped to ``id - 1``), class
 names from ``classes.txt``, the official train/test partition from ``train_test_split.txt``
 (1 = train). CUB has no official validation split: ``trainval`` is the official train set
-(5,994 images), ``train``/``val`` a seeded stratified 80/20 partition of it (as ssl-transfer
-makes one), ``test`` the official test set (5,794). Greyscale images are converted to RGB.
+(5,994 images), ``train``/``val`` a seeded stratified 80/20 partition of it (ssl-transfer holds out an
+unstratified shuffled 20% instead; see ``sslbench.data.splits``), ``test`` the official test set
+(5,794). Greyscale images are converted to RGB.
 """
 
 from __future__ import annotations

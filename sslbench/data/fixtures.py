@@ -21,10 +21,7 @@ import numpy as np
 from PIL import Image
 
 from sslbench.data.aircraft import BANNER_HEIGHT
-
-DEFAULT_CLASSES = 4
-DEFAULT_PER_CLASS = 6
-DEFAULT_SIZE = 48
+from sslbench.data.fixture_options import DEFAULT_CLASSES, DEFAULT_PER_CLASS, DEFAULT_SIZE
 
 
 @dataclass
@@ -276,15 +273,10 @@ def write_imagefolder(
     return fixture
 
 
+# Keyed by the dataset name the readers use (``--dataset``), so one name means one layout everywhere.
 WRITERS = {
-    "cub": write_cub,
+    "cub200": write_cub,
     "aircraft": write_aircraft,
     "inat18": write_inat18,
     "imagefolder": write_imagefolder,
-}
-DATASET_OF_WRITER = {
-    "cub": "cub200",
-    "aircraft": "aircraft",
-    "inat18": "inat18",
-    "imagefolder": "imagefolder",
 }

@@ -5,6 +5,8 @@ order, so ImageNet wnids get the usual labels), or the lines of a class-list fil
 which also restricts the classes: ImageNet-100 (CMC, Tian et al. 2019) is ImageNet with a list of
 100 wnids. ``test`` is ``ROOT/val`` (the ImageNet validation set, the protocols' test set),
 ``trainval`` is ``ROOT/train``, and ``train``/``val`` a seeded stratified 80/20 partition of it.
+ROOT may also be given as the ``train/`` folder itself (``/data/imagenet/train``): it is read as its
+parent, the root MoCo's ``main_moco.py`` takes.
 """
 
 from __future__ import annotations
@@ -37,10 +39,19 @@ def _images_of(folder: Path) -> list[Path]:
     )
 
 
+def imagenet_root(root: str | Path) -> Path:
+    """The folder holding ``train/`` and ``val/``: ``root``, or its parent when ``root`` is ``train/``."""
+    root = Path(root)
+    if root.name == "train" and root.is_dir() and not (root / "train").is_dir():
+        return root.parent
+    return root
+
+
 def imagefolder(
     root: Path, split: str, transform: Transform | None = None, class_list: str | Path | None = None
 ) -> ImageFiles:
     """The ``split`` of the ImageFolder tree at ``root``, restricted to ``class_list`` if given."""
+    root = imagenet_root(root)
     train_dir = require(NAME, root, "train", LAYOUT)
     split_dir = require(NAME, root, "val", LAYOUT) if split == "test" else train_dir
     present = _class_folders(train_dir)

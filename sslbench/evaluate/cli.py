@@ -17,6 +17,14 @@ from typing import Any
 from sslbench.checkpoints.cli import add_checkpoint_arguments
 from sslbench.data.cli import add_dataset_arguments
 from sslbench.errors import ConfigError
+from sslbench.evaluate.protocol_defaults import (
+    C_GRID_SIZE,
+    KNN_SETTINGS,
+    LBFGS_MAX_ITER,
+    PRIMARY_SETTING,
+    QUERY_CHUNK,
+    SgdSettings,
+)
 from sslbench.runtime.arguments import add_runtime_arguments
 
 KNN_SOURCE = "DINO eval_knn.py (Caron et al. 2021); k=200, T=0.1 from InstDisc (Wu et al. 2018)"
@@ -359,20 +367,17 @@ def _add_common(p: argparse.ArgumentParser, batch_size: int) -> None:
     add_dataset_arguments(p)
     p.add_argument("--out", type=Path, required=True, help="run folder: result.json is written there")
     p.add_argument("--image-size", type=int, default=224, help="crop size (224 in the protocols)")
-    p.add_argument("--batch-size", type=int, default=batch_size)
+    p.add_argument("--batch-size", type=int, default=batch_size, help="images per batch")
     p.add_argument(
         "--workers", type=int, default=min(8, os.cpu_count() or 1), help="DataLoader worker processes"
     )
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
     p.add_argument("--cache-dir", type=Path, help="feature cache folder (default: <--out>/../.feature_cache)")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write cached features")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="recorded; seeds the SGD probe's data order")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from sslbench.evaluate.knn import KNN_SETTINGS, PRIMARY_SETTING, QUERY_CHUNK
-    from sslbench.evaluate.linear import C_GRID_SIZE, LBFGS_MAX_ITER, SgdSettings
-
     p = subparsers.add_parser("knn", help="weighted kNN probe on frozen features (DINO / InstDisc protocol)")
     _add_common(p, batch_size=256)
     p.add_argument(
@@ -384,7 +389,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="(k, temperature) pairs; default 10:0.07 20:0.07 100:0.07 200:0.07 200:0.1",
     )
     p.add_argument(
-        "--primary", type=_knn_setting, default=PRIMARY_SETTING, metavar="K:T", help="setting in metrics"
+        "--primary",
+        type=_knn_setting,
+        default=PRIMARY_SETTING,
+        metavar="K:T",
+        help="setting reported as the record's metrics (default: {}:{})".format(*PRIMARY_SETTING),
     )
     p.add_argument("--chunk-size", type=int, default=QUERY_CHUNK, help="queries per FAISS search")
     p.set_defaults(run=run_knn)
@@ -392,16 +401,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     d = SgdSettings()
     p = subparsers.add_parser("linear", help="linear probe: L-BFGS (ssl-transfer) or SGD (MoCo)")
     _add_common(p, batch_size=d.batch_size)
-    p.add_argument("--protocol", choices=("lbfgs", "sgd"), required=True)
+    p.add_argument(
+        "--protocol", choices=("lbfgs", "sgd"), required=True, help="lbfgs (ssl-transfer) or sgd (MoCo)"
+    )
     g = p.add_argument_group("lbfgs (ssl-transfer)")
     g.add_argument(
         "--c-grid-size", type=int, default=C_GRID_SIZE, help="points of logspace(-6, 5, N) for wd=1/C"
     )
     g.add_argument("--max-iter", type=int, default=LBFGS_MAX_ITER, help="L-BFGS iterations per fit")
     g = p.add_argument_group("sgd (MoCo main_lincls)")
-    g.add_argument("--epochs", type=int, default=d.epochs)
-    g.add_argument("--lr", type=float, default=d.lr)
-    g.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    g.add_argument("--epochs", type=int, default=d.epochs, help="training epochs")
+    g.add_argument("--lr", type=float, default=d.lr, help="SGD learning rate (MoCo: 30 at batch 256)")
+    g.add_argument("--weight-decay", type=float, default=d.weight_decay, help="SGD weight decay")
     g.add_argument(
         "--milestones",
         type=float,

@@ -1,6 +1,6 @@
 """``sslbench finetune``: fine-tune the whole backbone (ssl-transfer protocol, optionally Core-tuning).
 
-The protocol comes from ``--config`` (a YAML file, or a name under ``configs/finetune/``:
+The protocol comes from ``--config`` (a YAML file, or a name under ``sslbench/configs/finetune/``:
 ``ssl_transfer`` by default, ``inat18_vissl``); flags override its keys. The run folder ``--out``
 holds the grid's sub-runs, the final run, the kept weights ``best.pth`` and ``result.json``.
 """
@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from sslbench.checkpoints.cli import add_checkpoint_arguments
+from sslbench.commandline import add_out_argument, add_overrides_argument, deprecated
 from sslbench.data.cli import add_dataset_arguments
 from sslbench.errors import ConfigError
 from sslbench.runtime.arguments import add_runtime_arguments
@@ -45,7 +46,9 @@ def _overrides(args: argparse.Namespace) -> list[str]:
         overrides.append(f"{key}={text}")
     if args.steps is not None and args.epochs is None:
         overrides.append("epochs=0")  # --steps alone means a step budget, whatever the config says
-    return overrides + list(args.set or [])
+    if args.set:
+        deprecated("finetune", "--set KEY=VALUE", "a trailing KEY=VALUE")
+    return overrides + list(args.set or []) + list(args.overrides)
 
 
 def _has_previous_run(out: Path) -> bool:
@@ -210,11 +213,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_checkpoint_arguments(p)
     add_dataset_arguments(p)
-    p.add_argument("--out", type=Path, required=True, help="run folder: grid/, final/, best.pth, result.json")
+    add_out_argument(p, "finetune", "run folder: grid/, final/, best.pth, result.json", required=True)
     p.add_argument(
         "--config",
         default=DEFAULT_CONFIG,
-        help="protocol: a YAML file or a name under configs/finetune/ (ssl_transfer, inat18_vissl)",
+        help="protocol: a YAML file or a shipped config (ssl_transfer, inat18_vissl)",
     )
     p.add_argument("--method", help="loss: ce (default) or coretuning (checked with the config)")
     g = p.add_argument_group("overrides of the config")
@@ -228,9 +231,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--grid-lr", type=float, nargs="+", help="explicit grid: these lrs ...")
     g.add_argument("--grid-wd", type=float, nargs="+", help="... times these (absolute) weight decays")
     g.add_argument("--save-every", type=int, help="steps between resumable states (500)")
-    g.add_argument(
-        "--set", nargs="+", metavar="KEY=VALUE", help="any other config key, e.g. coretuning.eta=1"
-    )
+    g.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="deprecated: write KEY=VALUE at the end")
+    add_overrides_argument(p, "any config key, e.g. coretuning.eta=1", beside="checkpoint")
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="DataLoader workers")
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
     p.add_argument("--seed", type=int, default=0, help="head init, data order, augmentation, mixing")

@@ -56,7 +56,7 @@ POINT_RESULT = "point.json"
 
 @dataclass
 class FinetuneConfig:
-    """A fine-tuning protocol (``configs/finetune/*.yaml``); defaults are ssl-transfer's."""
+    """A fine-tuning protocol (``sslbench/configs/finetune/*.yaml``); defaults are ssl-transfer's."""
 
     name: str = "ssl-transfer"
     source: str = SSL_TRANSFER_SOURCE

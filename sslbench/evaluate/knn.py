@@ -23,14 +23,10 @@ import faiss
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from sslbench.evaluate.metrics import AccuracyTally
-
-# (k, T): DINO eval_knn (k in 10, 20, 100, 200; T=0.07) and InstDisc (k=200, T=0.1)
-KNN_SETTINGS: tuple[tuple[int, float], ...] = ((10, 0.07), (20, 0.07), (100, 0.07), (200, 0.07), (200, 0.1))
-PRIMARY_SETTING = (20, 0.07)  # DINO: "20 is usually working the best"
-QUERY_CHUNK = 4096  # queries per search: FAISS's own BLAS query block size
+from sslbench.evaluate.protocol_defaults import KNN_SETTINGS, QUERY_CHUNK
+from sslbench.runtime.progress import tracked
 
 
 @dataclass
@@ -99,7 +95,7 @@ def nearest_neighbours(
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """``(start, sims (B, k), ids (B, k))`` for consecutive chunks of ``queries (M, D)``
     (L2-normalised chunk by chunk), nearest first."""
-    for start in tqdm(range(0, len(queries), chunk_size), desc="kNN", unit="chunk", disable=not progress):
+    for start in tracked(range(0, len(queries), chunk_size), "kNN query chunks", progress):
         yield start, *search.search(l2_normalise(queries[start : start + chunk_size]), k)
 
 

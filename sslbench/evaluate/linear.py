@@ -21,10 +21,9 @@
 
 from __future__ import annotations
 
-import sys
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,15 +32,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from sslbench.atomic import torch_save
 from sslbench.checkpoints.canonical import tensors_differing
 from sslbench.errors import ConfigError
 from sslbench.evaluate.metrics import AccuracyTally
+from sslbench.evaluate.protocol_defaults import C_GRID_SIZE, LBFGS_MAX_ITER, WD_RANGE, SgdSettings
 from sslbench.runtime.precision import Precision
 from sslbench.runtime.process import Runtime
-from sslbench.runtime.progress import MetricsLog, Progress
+from sslbench.runtime.progress import MetricsLog, Progress, tracked
 from sslbench.runtime.resume import change_entry, check_fingerprint, read_state
 from sslbench.runtime.sampling import SeededBatches, SeededSamples, steps_per_epoch
 from sslbench.runtime.signals import (
@@ -51,9 +50,6 @@ from sslbench.runtime.signals import (
     catch_stop_signals,
 )
 
-WD_RANGE = (-6.0, 5.0)  # ssl-transfer: wd = 1/C over logspace(-6, 5, 45)
-C_GRID_SIZE = 45
-LBFGS_MAX_ITER = 100  # scikit-learn's default, which ssl-transfer keeps
 C_GRID_ARITHMETIC = "wd = torch.logspace(-6, 5, N) in float32; C = 1 / wd in float64 (ssl-transfer)"
 
 
@@ -115,7 +111,7 @@ def lbfgs_probe(
     best_c, best_score = cs[0], -1.0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # as ssl-transfer: max_iter is the protocol
-        for c in tqdm(cs, desc="C sweep", disable=not progress, file=sys.stderr):
+        for c in tracked(cs, "C sweep", progress):
             clf.set_params(C=c)
             clf.fit(*train)
             metrics, _ = _evaluate(clf, *val, num_classes)
@@ -128,31 +124,6 @@ def lbfgs_probe(
         clf.fit(*trainval)
     metrics, predictions = _evaluate(clf, *test, num_classes)
     return LbfgsResult(best_c, sweep, metrics, predictions)
-
-
-@dataclass
-class SgdSettings:
-    """MoCo main_lincls defaults; ``milestones`` are fractions of ``epochs`` (60 and 80 of 100)."""
-
-    epochs: int = 100
-    lr: float = 30.0
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    batch_size: int = 256
-    milestones: tuple[float, ...] = (0.6, 0.8)
-    gamma: float = 0.1
-    crop_scale: tuple[float, float] = (0.08, 1.0)  # torchvision default; the FT repo uses (0.2, 1)
-    seed: int = 0
-
-    def milestone_epochs(self) -> list[int]:
-        return [round(f * self.epochs) for f in self.milestones]
-
-    def as_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["milestones"] = list(self.milestones)
-        data["crop_scale"] = list(self.crop_scale)
-        data["milestone_epochs"] = self.milestone_epochs()
-        return data
 
 
 def linear_head(feature_dim: int, num_classes: int) -> nn.Linear:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from sslbench.commandline import add_out_argument, add_overrides_argument, deprecated
 from sslbench.runtime.arguments import add_runtime_arguments
 
 
@@ -15,7 +16,12 @@ def run_pretrain(args: argparse.Namespace) -> int:
     from sslbench.pretrain.config import load_pretrain_config
     from sslbench.pretrain.train import run_pretraining
 
-    cfg = load_pretrain_config(args.config, args.overrides)
+    overrides = list(args.overrides)
+    if any(o.startswith("out=") for o in overrides):
+        deprecated("pretrain", "the override out=DIR", "--out DIR")
+    if args.out is not None:
+        overrides.append(f"out={args.out}")
+    cfg = load_pretrain_config(args.config, overrides)
     # a stop signal: saved, and sslbench.cli.main exits 143 (runtime.signals)
     try:
         checkpoint = run_pretraining(
@@ -36,7 +42,7 @@ def run_plot_scores(args: argparse.Namespace) -> int:
     from sslbench.tools.plots import plot_scores
 
     try:
-        output = plot_scores(args.runs, args.output or args.runs[0] / "scores.png", args.labels)
+        output = plot_scores(args.runs, args.out or args.runs[0] / "scores.png", args.labels)
     except ValueError as exc:
         raise SslbenchError(str(exc)) from None
     print(f"wrote {output}")
@@ -53,13 +59,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(both saved a checkpoint; --resume continues).",
     )
     p.add_argument("--config", required=True, help="a YAML file or the name of a shipped config")
-    p.add_argument(
-        "overrides",
-        nargs="*",
-        metavar="KEY=VALUE",
-        help="config overrides, e.g. data.root=DIR out=DIR epochs=N",
+    add_out_argument(
+        p, "pretrain", "run folder: checkpoint_last.pth, scores.csv, config.yaml (default: the config's out)"
     )
-    p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint_last.pth")
+    add_overrides_argument(p, "config overrides, e.g. data.root=DIR epochs=N ft.dim_mask=both")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint_last.pth")
     add_runtime_arguments(p)
     p.set_defaults(run=run_pretrain)
 
@@ -67,8 +71,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "plot-scores", help="plot the positive/negative score statistics of pretraining runs"
     )
     p.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR", help="run folders (holding scores.csv)")
-    p.add_argument(
-        "-o", "--output", type=Path, help="PNG file to write (default: <first RUN_DIR>/scores.png)"
+    add_out_argument(
+        p, "plot-scores", "PNG file to write (default: FIRST_RUN_DIR/scores.png)", old=("-o", "--output")
     )
     p.add_argument("--labels", nargs="+", help="legend names, one per run (default: folder names)")
     p.set_defaults(run=run_plot_scores)

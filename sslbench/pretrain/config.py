@@ -1,7 +1,7 @@
 """The pretraining config schema: MoCo v1/v2 (He et al. 2020; Chen et al. 2020) with Feature Transformation.
 
 Defaults are MoCo v2's ImageNet recipe (facebookresearch/moco ``main_moco.py`` with ``--mlp --aug-plus
---cos --moco-t 0.2``); the YAML files in ``configs/pretrain/`` state every recipe in full. FT's keys
+--cos --moco-t 0.2``); the YAML files in ``sslbench/configs/pretrain/`` state every recipe in full. FT's keys
 mirror the reference's flags (DTennant/CL-Visualizing-Feature-Transformation, DESIGN.md 4.1); their
 defaults are the reference README's ImageNet command.
 """

@@ -1,10 +1,13 @@
-"""The command-line options every training command shares (pretrain, linear, finetune)."""
+"""The command-line options every training command shares (pretrain, linear, finetune).
+
+Imported when the command line is built: nothing heavier than argparse here.
+"""
 
 from __future__ import annotations
 
 import argparse
 
-from sslbench.runtime.resume import ALLOW_CHANGE_FLAG
+ALLOW_CHANGE_FLAG = "--allow-config-change"
 
 
 def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:

@@ -14,8 +14,9 @@ import math
 import os
 import sys
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from tqdm import tqdm
 
@@ -24,6 +25,7 @@ from sslbench.errors import ConfigError
 LOG_SECONDS_VARIABLE = "SSLBENCH_LOG_SECONDS"
 DEFAULT_LOG_SECONDS = 60.0
 METRICS_NAME = "metrics.jsonl"
+T = TypeVar("T")
 TENSORBOARD_DIR = "tensorboard"
 
 
@@ -104,6 +106,15 @@ class Progress:
         parts.append(f"ETA {format_duration(eta)}")
         parts += [f"{k} {v}" for k, v in self.postfix.items()]
         print("  ".join(parts), file=self.stream, flush=True)
+
+
+def tracked(items: Sequence[T], desc: str, enabled: bool = True) -> Iterator[T]:
+    """``items`` one by one, with a :class:`Progress` of one step per item."""
+    bar = Progress(len(items), desc, enabled=enabled)
+    for item in items:
+        yield item
+        bar.update()
+    bar.close()
 
 
 def _is_terminal(stream: IO[str]) -> bool:

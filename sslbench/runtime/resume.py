@@ -16,8 +16,7 @@ from typing import Any
 import torch
 
 from sslbench.errors import CheckpointError, ConfigError
-
-ALLOW_CHANGE_FLAG = "--allow-config-change"
+from sslbench.runtime.arguments import ALLOW_CHANGE_FLAG
 
 
 def read_state(path: Path) -> dict[str, Any] | None:

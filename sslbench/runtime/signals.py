@@ -13,9 +13,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from sslbench.errors import SslbenchError
-from sslbench.runtime.process import Runtime
+
+if TYPE_CHECKING:  # the command line imports this module: no torch before a command runs
+    from sslbench.runtime.process import Runtime
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 EXIT_INTERRUPTED = 143  # 128 + SIGTERM: the conventional status of a job stopped by SIGTERM

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from sslbench.commandline import add_out_argument, add_overrides_argument
+
 
 def run_leaderboard(args: argparse.Namespace) -> int:
     from sslbench.tools.leaderboard import (
@@ -20,13 +22,14 @@ def run_leaderboard(args: argparse.Namespace) -> int:
         labels=parse_label_options(args.label),
         with_published=args.with_published,
         all_metrics=args.all_metrics,
+        baselines=args.baseline,
     )
     for problem in board.skipped:
         print(f"sslbench leaderboard: skipped {problem.path}: {problem.message}", file=sys.stderr)
     for warning in board.warnings:
         print(f"sslbench leaderboard: warning: {warning}", file=sys.stderr)
     print(to_markdown(board), end="")
-    for path in write_leaderboard(board, args.output).values():
+    for path in write_leaderboard(board, args.out).values():
         print(f"wrote {path}")
     return 0
 
@@ -77,9 +80,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "per dataset/protocol/metric, mean ± std over seeds. Records that disagree on protocol settings "
         "get separate columns; unreadable records are reported and skipped.",
     )
-    p.add_argument("results", type=Path, metavar="RESULTS_DIR")
-    p.add_argument(
-        "-o", "--output", type=Path, required=True, help="folder for leaderboard.md, .csv and .html"
+    p.add_argument("results", type=Path, metavar="RESULTS_DIR", help="folder searched for result.json")
+    add_out_argument(
+        p, "leaderboard", "folder for leaderboard.md, .csv and .html", required=True, old=("-o", "--output")
     )
     p.add_argument(
         "--label",
@@ -87,6 +90,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=[],
         metavar="KEY=NAME",
         help="name a checkpoint's row; KEY: a sha256 prefix (8+ hex digits) or the checkpoint's file name",
+    )
+    p.add_argument(
+        "--baseline",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="mark a checkpoint's row as a baseline (e.g. a random init), never a column's best; KEY as "
+        "for --label; also read from baselines.json files below RESULTS_DIR",
     )
     p.add_argument(
         "--with-published",
@@ -103,14 +114,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "suite",
         help="run the evaluation tasks of a YAML file on checkpoints, then the leaderboard",
-        description="Run every task of the suite (configs/suites/NAME.yaml or a file) on every checkpoint, "
+        description="Run every task of the suite (a shipped suite: paper, quick; or a YAML file) on every "
+        "checkpoint, "
         "each as its sslbench subcommand, in OUT/<sha256[:12]>/<task>-<settings hash>/seed<N>. A task "
         "whose record already exists for that checkpoint and those settings is skipped; a failing task "
         "is recorded and the others go on. Ends with OUT/leaderboard.{md,csv,html}.",
     )
-    p.add_argument("checkpoints", nargs="+", type=Path, metavar="CKPT")
+    p.add_argument("checkpoints", nargs="+", type=Path, metavar="CKPT", help="checkpoint files")
     p.add_argument("--suite", required=True, help="a YAML file or the name of a shipped suite (paper, quick)")
-    p.add_argument("--out", type=Path, default=Path("runs/suite"), help="results folder (default runs/suite)")
+    add_out_argument(p, "suite", "results folder", default=Path("runs/suite"))
     p.add_argument("--labels", nargs="+", help="row names for the leaderboard, one per checkpoint")
     p.add_argument(
         "--launcher",
@@ -123,7 +135,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=("slurm", "local", "debug"),
         help="submitit only: its executor (default: Slurm where sbatch exists, else local processes)",
     )
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="suite overrides, e.g. data_root=/data")
+    add_overrides_argument(
+        p,
+        "suite overrides, anywhere after the subcommand, e.g. data_root=/data",
+        beside="checkpoints",
+        lists=("labels",),
+    )
     p.set_defaults(run=run_suite_command)
 
     p = subparsers.add_parser(
@@ -133,8 +150,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "scikit-learn's digits, evaluate both and a random-init baseline with kNN and the L-BFGS linear "
         "probe at 32 px, and write the leaderboard and the score plot into --out.",
     )
-    p.add_argument("--out", type=Path, default=Path("runs/quickstart"), help="output folder")
-    p.add_argument("--dataset", choices=("digits", "fashion-mnist"), default="digits")
+    add_out_argument(p, "quickstart", "output folder", default=Path("runs/quickstart"))
+    p.add_argument("--dataset", choices=("digits", "fashion-mnist"), default="digits", help="built-in data")
     p.add_argument("--root", type=Path, help="fashion-mnist: folder of the four IDX .gz files")
     p.add_argument(
         "--quick", action="store_true", help="a few iterations on a fraction of the data (a smoke test)"

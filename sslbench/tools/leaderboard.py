@@ -6,6 +6,8 @@ number of seeds. Rules:
 
 * A checkpoint is its sha256. Its row is named by a label (``--label``, or a ``labels.json`` that the
   suite and the quickstart write beside their runs), else by its file name.
+* A baseline (``--baseline``, or a ``baselines.json`` list of sha256s, e.g. the quickstart's random
+  init) is a reference point, not a method: its row is marked and never counted as a column's best.
 * Records are averaged only when they agree on the protocol: the column key carries a hash of the
   protocol name and settings and of the dataset description (without paths and without the values in
   :data:`RUN_SPECIFIC_SETTINGS`). Records of one column that disagree are shown as separate columns,
@@ -35,6 +37,8 @@ from sslbench.tools.published import PUBLISHED, SOURCE, PublishedKey
 from sslbench.tools.records import RECORD_NAME, ResultRecord, read_record
 
 LABELS_NAME = "labels.json"
+BASELINES_NAME = "baselines.json"
+BASELINE_MARK = "(baseline)"
 # Settings that describe how a run went rather than what was measured: an outcome of the protocol
 # (``best_C``, chosen on val), where it ran (``device``, ``world_size``: the detection batch is the
 # total), how the exact search was chunked (``index``, ``query_chunk``), and the seed (a row's seeds
@@ -91,6 +95,7 @@ class Leaderboard:
     columns: list[Column]
     cells: pd.DataFrame
     published_rows: set[str] = field(default_factory=set)
+    baseline_rows: set[str] = field(default_factory=set)
     warnings: list[str] = field(default_factory=list)
     skipped: list[Problem] = field(default_factory=list)  # unreadable records
     failed: list[Problem] = field(default_factory=list)  # records of failed runs
@@ -100,7 +105,8 @@ class Leaderboard:
         return None if hit.empty else hit.iloc[0]
 
     def best(self, column: Column) -> float | None:
-        values = self.cells.loc[self.cells["column"] == column, "mean"]
+        counted = (self.cells["column"] == column) & ~self.cells["row"].isin(self.baseline_rows)
+        values = self.cells.loc[counted, "mean"]
         return None if values.empty else float(values.max())
 
 
@@ -130,6 +136,36 @@ def read_labels(root: str | Path) -> dict[str, str]:
             raise ConfigError(f"{path}: expected a JSON object mapping checkpoint sha256 to a label")
         labels.update(data)
     return labels
+
+
+def read_baselines(root: str | Path) -> set[str]:
+    """sha256s of baseline checkpoints from every ``baselines.json`` below ``root`` (a JSON list)."""
+    shas: set[str] = set()
+    for path in sorted(Path(root).rglob(BASELINES_NAME)):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"{path}: not a readable baselines file ({exc})") from None
+        if not isinstance(data, list) or not all(isinstance(v, str) for v in data):
+            raise ConfigError(f"{path}: expected a JSON list of checkpoint sha256s")
+        shas.update(data)
+    return shas
+
+
+def _baseline_shas(records: Iterable[ResultRecord], keys: Iterable[str]) -> set[str]:
+    """The sha256s ``keys`` name (a sha256 prefix of 8+ hex digits or a checkpoint file name)."""
+    paths = {r.checkpoint["sha256"]: str(r.checkpoint.get("path") or "") for r in records}
+    shas = set()
+    for key in keys:
+        hits = {
+            sha
+            for sha, path in paths.items()
+            if (len(key) >= 8 and sha.startswith(key.lower())) or key in (path, Path(path).name)
+        }
+        if not hits:
+            raise ConfigError(f"--baseline {key}: no record's checkpoint has that sha256 prefix or file name")
+        shas |= hits
+    return shas
 
 
 def parse_label_options(options: Sequence[str]) -> dict[str, str]:
@@ -235,8 +271,10 @@ def build_leaderboard(
     labels: Mapping[str, str] | None = None,
     with_published: bool = False,
     all_metrics: bool = False,
+    baselines: Sequence[str] = (),
 ) -> Leaderboard:
-    """Read every record below ``root`` and aggregate it (see the module docstring)."""
+    """Read every record below ``root`` and aggregate it (see the module docstring); ``baselines``:
+    checkpoints (sha256 prefix or file name) to mark as baselines, beside ``baselines.json``."""
     loaded, skipped = collect_records(root)
     failed = [Problem(p, r.error or "failed") for p, r in loaded if r.status == "failed"]
     ok = [(p, r) for p, r in loaded if r.status == "ok" and r.task != "pretrain"]
@@ -244,6 +282,8 @@ def build_leaderboard(
     names = _row_labels((r for _, r in ok), found, labels or {})
     # rows in the order of labels.json (the suite's order of checkpoints), then by name
     position = {names[sha]: i for i, sha in enumerate(found) if sha in names}
+    baseline_shas = read_baselines(root) | _baseline_shas((r for _, r in ok), baselines)
+    baseline_rows = {names[sha] for sha in baseline_shas if sha in names}
 
     long_rows, identities = [], {}
     for path, record in ok:
@@ -324,7 +364,7 @@ def build_leaderboard(
         published["published"] = True
         cells = pd.concat([cells, published], ignore_index=True)
         columns.sort(key=Column.sort_key)
-    return Leaderboard(rows, columns, cells, published_rows, warnings, skipped, failed)
+    return Leaderboard(rows, columns, cells, published_rows, baseline_rows, warnings, skipped, failed)
 
 
 # ---------------------------------------------------------------- rendering
@@ -350,9 +390,17 @@ def notes(board: Leaderboard) -> list[tuple[str, str]]:
         (
             "note",
             "Cells: mean ± sample std over seeds (n = number of seeds; no ± for one seed). "
-            "Best per column in bold.",
+            "Best per column in bold" + (" (baselines aside)." if board.baseline_rows else "."),
         )
     ]
+    if board.baseline_rows:
+        lines.append(
+            (
+                "note",
+                f"Rows marked {BASELINE_MARK} are reference points, not pretrained methods: the same "
+                "protocol on a checkpoint such as a random init.",
+            )
+        )
     if board.published_rows:
         lines.append(
             (
@@ -367,6 +415,13 @@ def notes(board: Leaderboard) -> list[tuple[str, str]]:
     return lines
 
 
+def row_title(board: Leaderboard, row: str) -> str:
+    """The row's name as shown: published rows carry †, baselines their mark."""
+    if row in board.published_rows:
+        return f"{row} †"
+    return f"{row} {BASELINE_MARK}" if row in board.baseline_rows else row
+
+
 def to_markdown(board: Leaderboard) -> str:
     def escape(text: str) -> str:
         return text.replace("|", "\\|")
@@ -374,7 +429,7 @@ def to_markdown(board: Leaderboard) -> str:
     header = ["checkpoint", *(escape(c.title) for c in board.columns)]
     lines = ["| " + " | ".join(header) + " |", "| --- |" + " ---: |" * len(board.columns)]
     for row in board.rows:
-        label = f"{row} †" if row in board.published_rows else row
+        label = row_title(board, row)
         cells = []
         for column in board.columns:
             text = format_cell(board.cell(row, column))
@@ -394,6 +449,7 @@ def to_frame(board: Leaderboard) -> pd.DataFrame:
     """The wide table: one row per checkpoint; ``<column> mean``, ``<column> std``, ``<column> n``."""
     data: dict[str, list[Any]] = {"checkpoint": list(board.rows)}
     data["published"] = [row in board.published_rows for row in board.rows]
+    data["baseline"] = [row in board.baseline_rows for row in board.rows]
     for column in board.columns:
         cells = [board.cell(row, column) for row in board.rows]
         for stat in ("mean", "std", "n"):
@@ -410,6 +466,7 @@ th:first-child, td:first-child { text-align: left; }
 td.best { font-weight: bold; background: #e3f4e3; }
 tr.published td { font-style: italic; color: #555; background: #f7f7fb; }
 tr.published td.best { background: #e3ece3; }
+tr.baseline td { color: #555; background: #fafaf2; }
 th .arrow { color: #888; font-size: 11px; }
 li.warning { color: #a15c00; }
 """
@@ -451,7 +508,7 @@ def to_html(board: Leaderboard, title: str = "sslbench leaderboard") -> str:
     body = []
     for row in board.rows:
         published = row in board.published_rows
-        label = f"{row} †" if published else row
+        label = row_title(board, row)
         cells = [f"<td>{esc(label)}</td>"]
         for column in board.columns:
             cell = board.cell(row, column)
@@ -459,7 +516,7 @@ def to_html(board: Leaderboard, title: str = "sslbench leaderboard") -> str:
             value = "" if cell is None or pd.isna(cell["mean"]) else f"{float(cell['mean']):.6g}"
             cls = ' class="best"' if text and _is_best(board, row, column) else ""
             cells.append(f'<td{cls} data-value="{value or "NaN"}">{esc(text)}</td>')
-        cls = ' class="published"' if published else ""
+        cls = ' class="published"' if published else ' class="baseline"' if row in board.baseline_rows else ""
         body.append(f"<tr{cls}>" + "".join(cells) + "</tr>")
     items = "".join(f'<li class="{kind}">{esc(text)}</li>' for kind, text in notes(board))
     return (

@@ -9,17 +9,27 @@ from sslbench.checkpoints.cli import add_checkpoint_arguments, checkpoint_from_a
 from sslbench.transfer.availability import require_detectron2
 from sslbench.transfer.tasks import TASKS
 
+# Options may follow CKPT (inside the KEY VALUE remainder), so their defaults are applied after parsing.
+_DEFAULTS = {"num_gpus": 1, "num_machines": 1, "machine_rank": 0, "dist_url": "auto", "seeds": 1}
+
 
 def _add_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--task", choices=list(TASKS), help="voc (24k), coco-1x (90k) or coco-2x (180k)")
-    parser.add_argument("--out", type=Path, help="run folder: backbone.pkl and seed<N>/ with result.json")
-    parser.add_argument("--num-gpus", type=int, help="processes per machine, one per GPU (default 1)")
-    parser.add_argument("--num-machines", type=int, help="machines in the job (default 1)")
-    parser.add_argument("--machine-rank", type=int, help="this machine's rank, 0 .. num-machines-1")
     parser.add_argument(
-        "--dist-url", help="rendezvous, tcp://HOST:PORT; 'auto' (default) picks a local port on one machine"
+        "--task", choices=list(TASKS), help="required: voc (24k), coco-1x (90k) or coco-2x (180k)"
     )
-    parser.add_argument("--seeds", type=int, help="train and evaluate with seeds 0 .. N-1 (default 1)")
+    parser.add_argument(
+        "--out", type=Path, help="required: run folder, backbone.pkl and seed<N>/ with result.json"
+    )
+    defaulted = {
+        "--num-gpus": (int, "processes per machine, one per GPU"),
+        "--num-machines": (int, "machines in the job"),
+        "--machine-rank": (int, "this machine's rank, 0 .. num-machines-1"),
+        "--dist-url": (str, "rendezvous, tcp://HOST:PORT; 'auto' picks a local port on one machine"),
+        "--seeds": (int, "train and evaluate with seeds 0 .. N-1"),
+    }
+    for option, (kind, text) in defaulted.items():
+        default = _DEFAULTS[option.removeprefix("--").replace("-", "_")]
+        parser.add_argument(option, type=kind, help=f"{text} (default: {default})")
     parser.add_argument(
         "--scale-batch",
         type=int,
@@ -31,12 +41,9 @@ def _add_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-_DEFAULTS = {"num_gpus": 1, "num_machines": 1, "machine_rank": 0, "dist_url": "auto", "seeds": 1}
-
-
 def _parse_trailing(args: argparse.Namespace) -> argparse.Namespace:
     """Options written after CKPT end up in the KEY VALUE remainder: parse them out of it."""
-    parser = argparse.ArgumentParser(prog="sslbench detect", add_help=False)
+    parser = argparse.ArgumentParser(prog="sslbench detect", add_help=False, allow_abbrev=False)
     add_checkpoint_arguments(parser, positional=False)
     _add_options(parser)
     parser.add_argument("opts", nargs="*")
@@ -84,7 +91,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Convert CKPT, train and evaluate Faster/Mask R-CNN R50-C4 with Detectron2 (MoCo's "
         "recipe) once per seed, and write OUT/seed<N>/result.json. Datasets are read from "
         "$DETECTRON2_DATASETS (default ./datasets). Trailing KEY VALUE pairs override the Detectron2 "
-        "config, e.g. SOLVER.CHECKPOINT_PERIOD 2000.",
+        "config, e.g. SOLVER.CHECKPOINT_PERIOD 2000 (Detectron2's own convention, kept for its keys).",
+        usage=f"sslbench detect CKPT --task {{{','.join(TASKS)}}} --out OUT [options] [KEY VALUE ...]",
     )
     add_checkpoint_arguments(p)
     _add_options(p)
