@@ -23,7 +23,8 @@ from sslbench.data.registry import build_dataset
 from sslbench.data.transforms import eval_transform
 from sslbench.errors import ConfigError, SslbenchError
 from sslbench.evaluate.features import extract_split
-from sslbench.evaluate.knn import PRIMARY_SETTING, knn_classify
+from sslbench.evaluate.knn import knn_classify
+from sslbench.evaluate.protocol_defaults import PRIMARY_SETTING
 from sslbench.pretrain.config import PretrainConfig
 from sslbench.runtime.process import Runtime
 
