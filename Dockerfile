@@ -46,7 +46,7 @@ ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY sslbench ./sslbench
-RUN pip install /wheels/detectron2-*.whl && pip install ".[gpu,detection,cluster]" && rm -rf /wheels
+RUN pip install /wheels/detectron2-*.whl && pip install ".[gpu,detection,cluster,vit]" && rm -rf /wheels
 
 RUN useradd --create-home --uid 1000 sslbench && mkdir -p /results /ckpts /datasets \
     && chown sslbench /results /app

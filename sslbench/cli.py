@@ -39,7 +39,7 @@ REGISTRARS = (
 def build_parser() -> argparse.ArgumentParser:
     parser = CommandParser(
         prog="sslbench",
-        description="Evaluate self-supervised ResNet checkpoints the way papers do.",
+        description="Evaluate self-supervised ResNet and ViT checkpoints the way papers do.",
         allow_abbrev=False,
         formatter_class=HelpFormatter,
     )

@@ -6,7 +6,7 @@ class SslbenchError(Exception):
 
 
 class CheckpointError(SslbenchError):
-    """A checkpoint could not be read, detected, or matched to a ResNet backbone."""
+    """A checkpoint could not be read, detected, or matched to a ResNet or ViT backbone."""
 
 
 class DatasetError(SslbenchError):

@@ -25,7 +25,9 @@ def no_detectron2(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_detect_without_detectron2_prints_install_hint(
     no_detectron2: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code = main(["detect", str(tmp_path / "any.pth"), "--task", "voc", "--out", str(tmp_path / "out")])
+    path = tmp_path / "r18.pth"  # a readable ResNet: the checkpoint is read before detectron2 is needed
+    torch.save(resnet("resnet18").state_dict(), path)
+    code = main(["detect", str(path), "--task", "voc", "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert code != 0
     assert "detectron2" in err and "Docker image" in err and "build it from source" in err

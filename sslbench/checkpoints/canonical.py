@@ -1,4 +1,4 @@
-"""The canonical checkpoint: a torchvision ResNet backbone state dict plus where it came from.
+"""The canonical checkpoint: a torchvision ResNet or timm ViT backbone state dict plus where it came from.
 
 Every reader returns a :class:`CanonicalCheckpoint`; every writer takes one. Matching is strict:
 the key set must equal the architecture's backbone key set and every shape must agree, otherwise
@@ -16,6 +16,7 @@ import torch
 from sslbench.errors import CheckpointError
 from sslbench.models.archs import DEPTHS, SMALL_STEM_SUFFIX
 from sslbench.models.resnet import backbone_shapes
+from sslbench.models.vit_archs import VitSpec, default_heads, is_vit_arch
 
 StateDict = dict[str, torch.Tensor]
 
@@ -25,7 +26,7 @@ _SHOWN = 8  # keys listed per category in a mismatch message
 
 @dataclass(frozen=True)
 class CanonicalCheckpoint:
-    """A backbone in torchvision names (no ``fc``) and its provenance."""
+    """A backbone in torchvision (ResNet, no ``fc``) or timm (ViT, no ``head``) names and its provenance."""
 
     state_dict: StateDict
     arch: str
@@ -63,17 +64,38 @@ def _preview(items: list[str]) -> str:
     return shown + (f", ... and {len(items) - _SHOWN} more" if len(items) > _SHOWN else "")
 
 
-def infer_arch(state_dict: StateDict, where: str) -> str:
-    """Name the torchvision ResNet that ``state_dict`` (canonical names) belongs to."""
-    keys = set(state_dict)
-    if "conv1.weight" not in keys or not any(k.startswith("layer4.") for k in keys):
-        hint = ""
-        if any(k.rsplit(".", 1)[-1] in ("cls_token", "pos_embed") or ".blocks." in f".{k}" for k in keys):
-            hint = " It looks like a Vision Transformer (cls_token / pos_embed / blocks.*);"
-            hint += " sslbench reads ResNet backbones only."
+def looks_like_vit(state_dict: StateDict) -> bool:
+    """Canonical ViT keys: a class token, position embeddings and ``blocks.*``."""
+    has_blocks = any(k.startswith("blocks.") for k in state_dict)
+    return "cls_token" in state_dict and "pos_embed" in state_dict and has_blocks
+
+
+def infer_vit_arch(state_dict: StateDict, where: str, source_format: str | None = None) -> str:
+    """Name the ViT ``state_dict`` (canonical names) belongs to: width from ``cls_token``, patch from
+    ``patch_embed.proj``, depth from ``blocks.N``, heads by :func:`default_heads`."""
+    width = state_dict["cls_token"].shape[-1]
+    proj = state_dict.get("patch_embed.proj.weight")
+    if proj is None or proj.dim() != 4 or proj.shape[-1] != proj.shape[-2]:
+        raise CheckpointError(f"{where}: a ViT without a square patch_embed.proj.weight convolution")
+    depth = 1 + max(int(m.group(1)) for k in state_dict if (m := re.match(r"blocks\.(\d+)\.", k)))
+    heads = default_heads(width, source_format)
+    if heads is None:
         raise CheckpointError(
-            f"{where}: no ResNet backbone found (expected keys conv1.weight and layer1..layer4.*; "
-            f"found {_preview(sorted(keys))}).{hint}"
+            f"{where}: a ViT of width {width}, whose number of heads no rule gives (the file does not "
+            f"store it); name it with --arch vit_d{width}_l{depth}_h<HEADS>_p{proj.shape[-1]}"
+        )
+    return VitSpec(width, depth, heads, proj.shape[-1]).name
+
+
+def infer_arch(state_dict: StateDict, where: str, source_format: str | None = None) -> str:
+    """Name the torchvision ResNet or timm ViT that ``state_dict`` (canonical names) belongs to."""
+    keys = set(state_dict)
+    if looks_like_vit(state_dict):
+        return infer_vit_arch(state_dict, where, source_format)
+    if "conv1.weight" not in keys or not any(k.startswith("layer4.") for k in keys):
+        raise CheckpointError(
+            f"{where}: no backbone found (expected a ResNet's conv1.weight and layer1..layer4.*, or a "
+            f"ViT's cls_token, pos_embed and blocks.*; found {_preview(sorted(keys))})."
         )
     blocks = []
     for stage in range(1, 5):
@@ -88,13 +110,23 @@ def infer_arch(state_dict: StateDict, where: str) -> str:
     return name + (SMALL_STEM_SUFFIX if small else "")
 
 
+def _expected_shapes(state_dict: StateDict, arch: str, where: str) -> dict[str, torch.Size]:
+    if not is_vit_arch(arch):
+        return backbone_shapes(arch)
+    from sslbench.models.vit import pos_embed_grid, vit_shapes
+
+    # A ViT's position embeddings may cover any square grid (the pretraining resolution).
+    pos = state_dict.get("pos_embed")
+    return vit_shapes(arch, pos_embed_grid(pos, where) if pos is not None else 1)
+
+
 def match_backbone(state_dict: StateDict, arch: str, where: str) -> tuple[StateDict, tuple[str, ...]]:
     """Check ``state_dict`` against ``arch`` strictly; return it in canonical key order.
 
     Missing BatchNorm ``num_batches_tracked`` counters (absent from some exporters) are filled with
     zeros and reported; anything else missing, unexpected or mis-shaped is an error.
     """
-    expected = backbone_shapes(arch)
+    expected = _expected_shapes(state_dict, arch, where)
     missing = [k for k in expected if k not in state_dict]
     unexpected = sorted(k for k in state_dict if k not in expected)
     misshaped = [

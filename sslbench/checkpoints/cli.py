@@ -7,26 +7,44 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sslbench.checkpoints import zoo
 from sslbench.checkpoints.formats import FORMATS
 from sslbench.checkpoints.writers import WRITERS
 from sslbench.commandline import add_out_argument
-from sslbench.models.archs import ARCHS
+from sslbench.models.archs import ARCHS, check_arch
+from sslbench.models.vit_archs import is_vit_arch, parse_vit_arch
 
 if TYPE_CHECKING:
     from sslbench.checkpoints.canonical import CanonicalCheckpoint
+
+
+def _arch(text: str) -> str:
+    try:
+        return parse_vit_arch(text).name if is_vit_arch(text) else check_arch(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_checkpoint_arguments(parser: argparse.ArgumentParser, positional: bool = True) -> None:
     """``CKPT --from --key --arch --trust-checkpoint``: how every command reads a checkpoint."""
     if positional:
         parser.add_argument(
-            "checkpoint", type=Path, metavar="CKPT", help="checkpoint file, any supported format"
+            "checkpoint",
+            type=Path,
+            metavar="CKPT",
+            help="checkpoint file, any supported format, or zoo:NAME (sslbench zoo list)",
         )
     parser.add_argument("--from", dest="source_format", choices=list(FORMATS), help="force the format")
     parser.add_argument(
         "--key", help="state dict entry to read, e.g. model_ema (PyContrast) or student (DINO)"
     )
-    parser.add_argument("--arch", choices=ARCHS, help="force the architecture (default: inferred)")
+    parser.add_argument(
+        "--arch",
+        type=_arch,
+        metavar="ARCH",
+        help=f"force the architecture (default: inferred): {', '.join(ARCHS)}, "
+        "vit_<tiny|small|base|large|huge>_patch<P> or vit_d<width>_l<depth>_h<heads>_p<patch>",
+    )
     parser.add_argument(
         "--trust-checkpoint",
         action="store_true",
@@ -35,15 +53,16 @@ def add_checkpoint_arguments(parser: argparse.ArgumentParser, positional: bool =
 
 
 def checkpoint_from_args(args: argparse.Namespace, path: Path | None = None) -> CanonicalCheckpoint:
+    """The checkpoint the options name; ``zoo:NAME`` is fetched (once) and read with its table's
+    format, entry and architecture unless --from, --key or --arch say otherwise."""
     from sslbench.checkpoints.readers import read_checkpoint
 
-    return read_checkpoint(
-        path or args.checkpoint,
-        fmt=args.source_format,
-        key=args.key,
-        arch=args.arch,
-        trust=args.trust_checkpoint,
-    )
+    path = path or args.checkpoint
+    fmt, key, arch = args.source_format, args.key, args.arch
+    if zoo.is_zoo_name(path):
+        path, entry = zoo.resolve(str(path))
+        fmt, key, arch = fmt or entry.format, key or entry.key, arch or entry.arch
+    return read_checkpoint(path, fmt=fmt, key=key, arch=arch, trust=args.trust_checkpoint)
 
 
 def _summary(ckpt: CanonicalCheckpoint) -> dict[str, object]:
@@ -88,6 +107,28 @@ def run_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_zoo(args: argparse.Namespace) -> int:
+    table = zoo.load_table()
+    if args.json:
+        rows = [
+            {**vars(e), "published": list(e.published), "cached": str(zoo.cached_file(e))}
+            if zoo.cached_file(e).is_file()
+            else {**vars(e), "published": list(e.published), "cached": None}
+            for e in table.values()
+        ]
+        print(json.dumps(rows, indent=2))
+        return 0
+    where, _ = zoo.table_path()
+    print(f"{len(table)} checkpoints in {where}; cache {zoo.cache_root() / 'zoo'}")
+    for e in table.values():
+        cached = "cached" if zoo.cached_file(e).is_file() else "not downloaded"
+        print(f"zoo:{e.name:18s} {e.arch:20s} {e.format:12s} {e.source} ({cached})")
+        for n in e.published:
+            number = f"{n['protocol']} {n['dataset']} {n['metric']} {n['value']}"
+            print(f"{'':22s} published {number}  [{n['cite']}]")
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("inspect", help="detect a checkpoint's format and describe its backbone")
     add_checkpoint_arguments(p)
@@ -95,9 +136,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run_inspect)
 
     p = subparsers.add_parser(
-        "convert", help="convert a checkpoint to torchvision, safetensors or detectron2"
+        "convert", help="convert a checkpoint to torchvision, timm, safetensors or detectron2"
     )
     add_checkpoint_arguments(p)
     p.add_argument("--to", required=True, choices=list(WRITERS), help="format to write")
     add_out_argument(p, "convert", "output file", required=True, old=("-o", "--output"))
     p.set_defaults(run=run_convert)
+
+    p = subparsers.add_parser(
+        "zoo", help="well-known public checkpoints, usable as zoo:NAME wherever a checkpoint is taken"
+    )
+    p.add_argument(
+        "action", choices=("list",), help="list: the table, with published numbers and cache state"
+    )
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(run=run_zoo)

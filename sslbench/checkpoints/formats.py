@@ -35,6 +35,15 @@ def _keys_start(obj: Any, *prefixes: str) -> bool:
     return _is_state_dict(obj) and any(k.startswith(prefixes) for k in obj)
 
 
+def _is_vit_state(obj: Any) -> bool:
+    """A plain timm-named ViT state dict (optionally 'module.'-prefixed)."""
+    return (
+        _is_state_dict(obj)
+        and any(k in obj for k in ("cls_token", "module.cls_token"))
+        and any(k.endswith("patch_embed.proj.weight") for k in obj)
+    )
+
+
 @dataclass(frozen=True)
 class Format:
     name: str
@@ -66,11 +75,12 @@ FORMATS: dict[str, Format] = {
         ),
         Format(
             "mocov3",
-            "MoCo v3 ResNet (facebookresearch/moco-v3): 'state_dict', prefix 'module.base_encoder.'",
+            "MoCo v3 ResNet/ViT (facebookresearch/moco-v3): 'state_dict', prefix 'module.base_encoder.'; "
+            "projector (fc / head), predictor and momentum encoder dropped",
             ("state_dict",),
             ("module.base_encoder.", "base_encoder."),
             lambda o: _keys_start(o.get("state_dict"), "module.base_encoder.", "base_encoder."),
-            heads=("fc.",),
+            heads=("fc.", "head."),
         ),
         Format(
             "pycontrast",
@@ -81,7 +91,7 @@ FORMATS: dict[str, Format] = {
         ),
         Format(
             "dino",
-            "DINO ResNet: 'teacher' (or 'student'), prefix 'backbone.' after 'module.'",
+            "DINO ResNet/ViT: 'teacher' (or 'student'), prefix 'backbone.' after 'module.'; head dropped",
             ("teacher", "student"),
             ("module.backbone.", "backbone."),
             lambda o: (
@@ -110,6 +120,22 @@ FORMATS: dict[str, Format] = {
             ("",),
             lambda o: _keys_start(o.get("model"), "stem.") and _keys_start(o.get("model"), "res2."),
             rename=from_detectron2,
+        ),
+        Format(
+            "mae",
+            "MAE (facebookresearch/mae): 'model', timm ViT names; decoder and mask_token dropped",
+            ("model",),
+            ("",),
+            lambda o: o.get("format") != SSLBENCH_FORMAT and _is_vit_state(o.get("model")),
+            heads=("decoder", "mask_token"),
+        ),
+        Format(
+            "timm",
+            "timm ViT (and DINO's released ViT backbones): a plain state dict; head dropped",
+            (None,),
+            ("module.", ""),
+            _is_vit_state,
+            heads=("head.",),
         ),
         Format(
             "torchvision",

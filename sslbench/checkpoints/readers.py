@@ -21,6 +21,7 @@ from sslbench.checkpoints.formats import (
 from sslbench.checkpoints.loading import load_file, sha256_of
 from sslbench.errors import CheckpointError
 from sslbench.models.archs import check_arch
+from sslbench.models.vit_archs import is_vit_arch, parse_vit_arch
 
 
 def _describe_structure(obj: Mapping[str, Any]) -> str:
@@ -100,6 +101,18 @@ def _as_tensor(value: Any) -> torch.Tensor:
     return torch.from_numpy(np.array(value, order="C", copy=True)) if isinstance(value, np.ndarray) else value
 
 
+def check_any_arch(arch: str) -> str:
+    """``arch`` if it names a ResNet or a ViT sslbench builds; CheckpointError otherwise."""
+    try:
+        if is_vit_arch(arch):
+            parse_vit_arch(arch)
+        else:
+            check_arch(arch)
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from None
+    return arch
+
+
 def read_checkpoint(
     path: str | Path,
     fmt: str | None = None,
@@ -107,7 +120,7 @@ def read_checkpoint(
     arch: str | None = None,
     trust: bool = False,
 ) -> CanonicalCheckpoint:
-    """Read ``path`` (any supported format) into the canonical torchvision backbone.
+    """Read ``path`` (any supported format) into the canonical torchvision ResNet or timm ViT backbone.
 
     ``fmt`` forces a format (default: detected from the file's structure), ``key`` picks a state
     dict entry (``model_ema``, ``student``), ``arch`` forces the architecture (default: inferred from
@@ -146,14 +159,11 @@ def read_checkpoint(
         backbone[canonical] = _as_tensor(value)
 
     if arch is None:
-        arch = infer_arch(backbone, where)
+        arch = infer_arch(backbone, where, chosen.name)
     else:
+        check_any_arch(arch)
         try:
-            check_arch(arch)
-        except ValueError as exc:
-            raise CheckpointError(str(exc)) from None
-        try:
-            looks_like = infer_arch(backbone, where)
+            looks_like = infer_arch(backbone, where, chosen.name)
         except CheckpointError:
             looks_like = None
         if looks_like not in (None, arch):

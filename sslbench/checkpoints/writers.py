@@ -1,4 +1,4 @@
-"""Write a canonical backbone as torchvision ``.pth``, safetensors, or a Detectron2 ``.pkl``.
+"""Write a canonical backbone as torchvision or timm ``.pth``, safetensors, or a Detectron2 ``.pkl``.
 
 Every writer is atomic: the output path holds either the complete file or nothing new.
 """
@@ -13,13 +13,33 @@ from typing import TYPE_CHECKING
 from sslbench import __version__
 from sslbench.atomic import atomic_path, torch_save
 from sslbench.checkpoints.detectron2_names import to_detectron2
+from sslbench.errors import CheckpointError
+from sslbench.models.vit_archs import is_vit_arch
 
 if TYPE_CHECKING:
     from sslbench.checkpoints.canonical import CanonicalCheckpoint
 
 
+def _require(ckpt: CanonicalCheckpoint, vit: bool, writer: str) -> None:
+    if is_vit_arch(ckpt.arch) != vit:
+        family = "ViT" if vit else "ResNet"
+        others = "torchvision, safetensors or detectron2" if vit else "timm or safetensors"
+        raise CheckpointError(
+            f"{ckpt.source_path}: --to {writer} writes {family} backbones; this one is {ckpt.arch} "
+            f"(use --to {others})"
+        )
+
+
 def write_torchvision(ckpt: CanonicalCheckpoint, out: Path) -> None:
     """A plain state dict: ``resnetXX()`` with ``fc = nn.Identity()`` loads it with ``strict=True``."""
+    _require(ckpt, vit=False, writer="torchvision")
+    torch_save({k: v.clone() for k, v in ckpt.state_dict.items()}, out)
+
+
+def write_timm(ckpt: CanonicalCheckpoint, out: Path) -> None:
+    """A plain state dict: timm's ``VisionTransformer(num_classes=0)`` of the same shape (its
+    ``img_size`` at the position embeddings' grid) loads it with ``strict=True``."""
+    _require(ckpt, vit=True, writer="timm")
     torch_save({k: v.clone() for k, v in ckpt.state_dict.items()}, out)
 
 
@@ -49,6 +69,7 @@ def detectron2_model_dict(ckpt: CanonicalCheckpoint) -> dict[str, object]:
 
 def write_detectron2(ckpt: CanonicalCheckpoint, out: Path) -> None:
     """Detectron2 ``.pkl`` for ``MODEL.WEIGHTS`` (R50-C4 and FPN ResNets)."""
+    _require(ckpt, vit=False, writer="detectron2")
     payload = detectron2_model_dict(ckpt)
     with atomic_path(out) as tmp, tmp.open("wb") as f:
         pickle.dump(payload, f, protocol=4)  # readable by every Python 3 Detectron2
@@ -56,6 +77,7 @@ def write_detectron2(ckpt: CanonicalCheckpoint, out: Path) -> None:
 
 WRITERS: dict[str, Callable[[CanonicalCheckpoint, Path], None]] = {
     "torchvision": write_torchvision,
+    "timm": write_timm,
     "safetensors": write_safetensors,
     "detectron2": write_detectron2,
 }

@@ -59,6 +59,7 @@ class _Run:
         from sslbench.data.registry import build_dataset
         from sslbench.data.transforms import describe_transform
         from sslbench.evaluate.features import FeatureKey, split_features
+        from sslbench.models.backbones import feature_identity
         from sslbench.runtime.precision import Precision
 
         args = self.args
@@ -67,7 +68,12 @@ class _Run:
             raise ConfigError(f"{args.dataset}: the {split} split is empty under {args.root}")
         precision = Precision(self.device).name
         key = FeatureKey.of(
-            self.ckpt.sha256, dataset, args.root, self.options, describe_transform(transform), precision
+            feature_identity(self.ckpt),
+            dataset,
+            args.root,
+            self.options,
+            describe_transform(transform),
+            precision,
         )
         features = split_features(
             dataset, key, self.model, self.cache, self.runtime, args.batch_size, args.workers
@@ -81,18 +87,17 @@ def _open_run(args: argparse.Namespace, runtime: Any) -> _Run:
     from sslbench.checkpoints.cli import checkpoint_from_args
     from sslbench.data.cli import dataset_options_from_args
     from sslbench.evaluate.features import FeatureCache, lazy
-    from sslbench.models.resnet import build_backbone
+    from sslbench.models.backbones import build_evaluated_backbone, check_image_size
     from sslbench.tools.records import utc_now
 
     started_at = utc_now()
     if args.image_size < 8 or args.batch_size < 1 or args.workers < 0:
         raise ConfigError("--image-size must be >= 8, --batch-size >= 1 and --workers >= 0")
     ckpt = checkpoint_from_args(args)
+    check_image_size(ckpt, args.image_size)
 
     def backbone() -> torch.nn.Module:
-        model = build_backbone(ckpt.arch)
-        model.load_state_dict(ckpt.state_dict, strict=True)
-        return model
+        return build_evaluated_backbone(ckpt, args.image_size)
 
     cache_dir = (
         args.cache_dir if args.cache_dir is not None else Path(args.out).resolve().parent / ".feature_cache"
@@ -126,12 +131,13 @@ def _dataset_record(
 
 def _common_settings(run: _Run, transform: Any) -> dict[str, Any]:
     from sslbench.data.transforms import describe_transform
+    from sslbench.models.backbones import feature_settings
     from sslbench.runtime.precision import Precision
 
     return {
         "image_size": run.args.image_size,
         "transform": describe_transform(transform),
-        "features": "avgpool of the canonical backbone, frozen, eval mode",
+        **feature_settings(run.ckpt),
         "precision": Precision(run.device).name,
         "device": str(run.device),
         "world_size": run.runtime.world,
@@ -331,6 +337,17 @@ def _linear_sgd(args: argparse.Namespace, run: _Run) -> Any:
     return ("linear-sgd", SGD_SOURCE, protocol_settings), trainval, test_ds, metrics, extra
 
 
+def refuse_vit_sgd_probe(arch: str) -> None:
+    """MoCo's SGD recipe is a ResNet recipe; the ViT ones (DINO, MAE) are not in sslbench yet."""
+    from sslbench.models.vit_archs import is_vit_arch
+
+    if is_vit_arch(arch):
+        raise ConfigError(
+            f"linear --protocol sgd on a ViT ({arch}): MoCo's ResNet recipe does not apply and DINO's / "
+            "MAE's ViT linear recipes are not implemented yet; use --protocol lbfgs"
+        )
+
+
 def run_linear(args: argparse.Namespace) -> int:
     from sslbench.runtime.process import launched
 
@@ -342,6 +359,8 @@ def _run_linear(args: argparse.Namespace, runtime: Any) -> int:
     from sslbench.tools.records import ResultRecord, write_record
 
     run = _open_run(args, runtime)
+    if args.protocol == "sgd":
+        refuse_vit_sgd_probe(run.ckpt.arch)
     probe = _linear_lbfgs if args.protocol == "lbfgs" else _linear_sgd
     outcome = probe(args, run)
     if outcome is None:  # not the main rank: its share is done

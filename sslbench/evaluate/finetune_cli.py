@@ -74,6 +74,7 @@ def run_finetune(args: argparse.Namespace, on_step: Any = None) -> int:
         Splits,
         run_protocol,
     )
+    from sslbench.models.vit_archs import is_vit_arch
     from sslbench.runtime.precision import Precision
     from sslbench.runtime.process import start_runtime
     from sslbench.runtime.progress import MetricsLog
@@ -94,6 +95,11 @@ def run_finetune(args: argparse.Namespace, on_step: Any = None) -> int:
     if config.batch_size % runtime.world:
         raise ConfigError(f"batch size {config.batch_size} is not divisible by {runtime.world} processes")
     ckpt = checkpoint_from_args(args)
+    if is_vit_arch(ckpt.arch):
+        raise ConfigError(
+            f"{ckpt.source_path} is a ViT ({ckpt.arch}): "
+            "fine-tuning ViTs (MAE's recipe) is not implemented yet"
+        )
     options = dataset_options_from_args(args)
 
     interpolation = (

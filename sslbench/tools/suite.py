@@ -323,12 +323,18 @@ class SuiteReport:
 
 
 def _checkpoint_hashes(checkpoints: Sequence[Path]) -> list[tuple[Path, str]]:
+    from sslbench.checkpoints import zoo
     from sslbench.checkpoints.loading import sha256_of
 
-    missing = [str(c) for c in checkpoints if not Path(c).is_file()]
+    # zoo:NAME is fetched (once) and hashed here; its jobs keep the name (and the table's settings).
+    files = [zoo.resolve(str(c))[0] if zoo.is_zoo_name(c) else Path(c) for c in checkpoints]
+    missing = [str(c) for c in files if not c.is_file()]
     if missing:
         raise ConfigError(f"no such checkpoint file: {', '.join(missing)}")
-    return [(Path(c).resolve(), sha256_of(Path(c))) for c in checkpoints]
+    return [
+        (Path(str(c)) if zoo.is_zoo_name(c) else f.resolve(), sha256_of(f))
+        for c, f in zip(checkpoints, files, strict=True)
+    ]
 
 
 def _write_labels(out: Path, hashes: Sequence[tuple[Path, str]], labels: Sequence[str] | None) -> None:

@@ -56,16 +56,23 @@ def _parse_trailing(args: argparse.Namespace) -> argparse.Namespace:
 
 
 def run_detect(args: argparse.Namespace) -> int:
-    require_detectron2()
     from sslbench.errors import ConfigError
-    from sslbench.transfer.train import run_detection
+    from sslbench.models.vit_archs import is_vit_arch
 
     args = _parse_trailing(args)
+    ckpt = checkpoint_from_args(args)  # first: a ViT is refused whether or not detectron2 is there
+    if is_vit_arch(ckpt.arch):
+        raise ConfigError(
+            f"{ckpt.source_path} is a ViT ({ckpt.arch}): "
+            "detection transfer for ViTs (ViTDet) is not supported"
+        )
+    require_detectron2()
+    from sslbench.transfer.train import run_detection
+
     if args.task is None or args.out is None:
         raise ConfigError("sslbench detect needs --task (voc, coco-1x, coco-2x) and --out DIR")
     if args.seeds < 1:
         raise ConfigError(f"--seeds is a number of runs (seeds 0 .. N-1), at least 1; got {args.seeds}")
-    ckpt = checkpoint_from_args(args)
     records = run_detection(
         ckpt,
         args.task,
