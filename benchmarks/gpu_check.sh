@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One prepared check for a machine with CUDA (issue 13): every `gpu`-marked test, the GPU benchmarks
-# and, with two or more GPUs, a 2-process DDP smoke run; then one table. Budget: under 8 minutes
-# (each step has its own time limit; the limits add up to 7.5 minutes).
+# and, with two or more GPUs, a 2-process DDP smoke run; then one table. Budget: under 10 minutes
+# (each step has its own time limit; the limits add up to 9.5 minutes).
 #
 #   bash benchmarks/gpu_check.sh            # from the repository root or anywhere
 #   GPU_CHECK_LOG=DIR bash benchmarks/gpu_check.sh   # keep the per-step logs in DIR
@@ -9,6 +9,9 @@
 # Steps: pytest -m gpu; pretrain step plain vs FT (ResNet-50, 224 px, bf16 + channels_last);
 # kNN with the faiss GPU index vs torch; extraction images/s (whole data path vs bare forward, and
 # bf16 + channels_last vs fp32); DDP smoke (pretrain and kNN under torchrun on 2 GPUs).
+# Issue 17's two suspicions: split-bn (does SplitBatchNorm2d copy channels_last inputs, and its cost
+# against BatchNorm2d) and, on 2 GPUs, gather-layout (does the key gather into empty_like buffers
+# return exact images under NCCL, channels_last included).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -47,7 +50,11 @@ step knn-faiss-gpu 90 'ours / torch|^  ours' \
     python benchmarks/knn.py --gpu --methods ours torch
 step extraction 90 '^(extraction|forward)' \
     python benchmarks/extraction.py
+step split-bn 60 'median over shapes' \
+    python benchmarks/split_bn_layout.py
 if [ "$GPUS" -ge 2 ]; then
+    step gather-layout 60 'gather_layout:' \
+        python -m torch.distributed.run --standalone --nproc_per_node 2 benchmarks/gather_layout.py
     step ddp-pretrain 60 'wrote|error' \
         python -m torch.distributed.run --standalone --nproc_per_node 2 -m sslbench pretrain \
         --config mocov2_ft_tiny --out "$LOG/ddp" epochs=1 data.max_images=512 data.workers=2

@@ -90,7 +90,7 @@ def _twin_models(ft: FeatureTransformConfig) -> tuple[MoCo, MoCo]:
     return plain, with_ft
 
 
-def test_ft_off_is_plain_moco_bit_for_bit():
+def test_ft_off_forward_is_plain_moco_and_draws_no_random_numbers():
     ft = FeatureTransformConfig(enabled=True, start_epoch=5)
     plain, with_ft = _twin_models(ft)
     im_q, im_k = _images(4, seed=1), _images(4, seed=2)
@@ -103,9 +103,10 @@ def test_ft_off_is_plain_moco_bit_for_bit():
     assert torch.equal(torch.get_rng_state(), rng_plain), "FT off must not draw random numbers"
     assert torch.equal(with_ft.queue, plain.queue)
     assert torch.equal(out_off.stats_before_ft, out_off.stats_after_ft)
-    torch.manual_seed(7)
+    # FT on changes the scores trained on against the plain scores of the same call (the queue has
+    # moved since the calls above, so only a within-call comparison means anything here); the
+    # trainer-level "FT off is plain MoCo bit for bit" is tests/test_pretrain_diagnostics.py
     out_on = with_ft(im_q, im_k, apply_ft=True)
-    assert not torch.allclose(out_on.logits, out_plain.logits)
     assert not torch.equal(out_on.stats_before_ft, out_on.stats_after_ft)
 
 

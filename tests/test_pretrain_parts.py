@@ -39,10 +39,12 @@ def test_score_statistics_and_interval_means_match_numpy():
     acc = ScoreAccumulator("cpu")
     for i, scores in enumerate(steps):
         stats = batch_score_stats(torch.tensor(scores, dtype=torch.float32))
-        acc.add(torch.tensor(float(i)), stats, stats * 2)
+        feature_std = torch.tensor(0.5) if i == 1 else None  # measured on one step of three
+        acc.add(torch.tensor(float(i)), stats, stats * 2, torch.tensor(0.1 * i), feature_std)
     row = acc.flush()
     expected = np.mean([_numpy_stats(s) for s in steps], axis=0)
     assert row["loss"] == pytest.approx(1.0)
+    assert row["output_std"] == pytest.approx(0.1) and row["feature_std"] == pytest.approx(0.5)
     np.testing.assert_allclose([row[c] for c in SCORE_COLUMNS[:4]], expected, rtol=1e-5)
     np.testing.assert_allclose([row[c] for c in SCORE_COLUMNS[4:]], 2 * expected, rtol=1e-5)
     assert acc.steps == 0 and all(math.isnan(v) for v in acc.flush().values())

@@ -16,7 +16,7 @@ from sslbench.checkpoints import read_checkpoint
 from sslbench.cli import main
 from sslbench.models.resnet import build_backbone
 from sslbench.pretrain.config import load_pretrain_config
-from sslbench.pretrain.scores import read_scores
+from sslbench.pretrain.scores import REQUIRED_COLUMNS, read_scores
 from sslbench.pretrain.train import PretrainingInterrupted, run_pretraining
 
 # 16 px views, 64 images, batch 16: 4 steps an epoch, enough to cross an epoch and a log interval.
@@ -47,7 +47,11 @@ def test_tiny_cpu_run_lowers_the_loss_and_writes_scores_and_an_inspectable_check
     filled = cfg.moco.queue_size // cfg.batch_size
     peak = table.loss[table.step >= filled].max()
     assert table.loss.iloc[-1] < peak - 0.05, table[["step", "loss"]].to_string()
-    assert np.isfinite(table.drop(columns="epoch").to_numpy()).all()
+    # every score and the projector's collapse metric in every row; the backbone's on steps N, 2N...
+    # of collapse.feature_every (100: none in 20 steps), kNN top-1 only with the monitor on
+    assert np.isfinite(table[[*REQUIRED_COLUMNS, "output_std"]].to_numpy()).all()
+    assert table.feature_std.isna().all() and table.knn_top1.isna().all()
+    assert (table.collapse_alarm == 0).all()
     assert (table.after_ft_pos_mean == table.before_ft_pos_mean).all()  # no FT in this config
 
     assert main(["inspect", str(checkpoint), "--json"]) == 0
@@ -102,7 +106,7 @@ def test_resume_after_sigterm_ends_at_the_weights_of_an_uninterrupted_run(tmp_pa
     png = tmp_path / "scores.png"
     assert main(["plot-scores", str(full), str(cut), "--out", str(png), "--labels", "full", "resumed"]) == 0
     with Image.open(png) as image:
-        assert image.format == "PNG" and image.size == (1320, 840)
+        assert image.format == "PNG" and image.size == (1320, 1200)  # 3 x 2 panels
     assert main(["plot-scores", str(tmp_path), "--out", str(png)]) == 2
     assert "no score table" in capsys.readouterr().err
 

@@ -34,7 +34,8 @@ def test_quick_quickstart_writes_the_leaderboard_files_and_the_score_plot(tmp_pa
         assert png.format == "PNG" and png.size[0] > 500
         assert len(png.convert("L").getcolors(maxcolors=1 << 16) or []) > 10  # curves, not a blank page
     # both pretraining runs left a score table; the FT one was trained with FT on the negatives
-    assert "target: neg" in (out / "pretrain" / "mocov2_ft_neg" / "config.yaml").read_text()
+    ft_config = (out / "pretrain" / "mocov2_ft_neg" / "config.yaml").read_text()
+    assert "target: neg" in ft_config and "dim_mask: neg" in ft_config
     assert (out / "pretrain" / "mocov2" / "scores.csv").is_file()
     # plot-scores RUN_DIR alone writes RUN_DIR/scores.png
     assert main(["plot-scores", str(out / "pretrain" / "mocov2")]) == 0

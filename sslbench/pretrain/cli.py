@@ -10,6 +10,9 @@ from sslbench.runtime.arguments import add_runtime_arguments
 
 
 def run_pretrain(args: argparse.Namespace) -> int:
+    import sys
+
+    from sslbench.pretrain.alarm import EXIT_COLLAPSED, PretrainingCollapsed
     from sslbench.pretrain.config import load_pretrain_config
     from sslbench.pretrain.train import run_pretraining
 
@@ -20,9 +23,16 @@ def run_pretrain(args: argparse.Namespace) -> int:
         overrides.append(f"out={args.out}")
     cfg = load_pretrain_config(args.config, overrides)
     # a stop signal: saved, and sslbench.cli.main exits 143 (runtime.signals)
-    checkpoint = run_pretraining(
-        cfg, resume=args.resume, allow_config_change=args.allow_config_change, tensorboard=args.tensorboard
-    )
+    try:
+        checkpoint = run_pretraining(
+            cfg,
+            resume=args.resume,
+            allow_config_change=args.allow_config_change,
+            tensorboard=args.tensorboard,
+        )
+    except PretrainingCollapsed as exc:  # stop_on_collapse=true: saved, exit 3
+        print(f"sslbench pretrain: {exc}", file=sys.stderr)
+        return EXIT_COLLAPSED
     print(f"wrote {checkpoint}")
     return 0
 
@@ -44,7 +54,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "pretrain",
         help="pretrain MoCo v1/v2, optionally with Feature Transformation (torchrun for several GPUs)",
         description="Pretrain MoCo v1/v2 (+FT). Shipped configs: mocov1, mocov2, mocov1_ft, mocov2_ft "
-        "(ImageNet), mocov2_tiny, mocov2_ft_tiny (CPU, built-in digits).",
+        "(ImageNet), mocov2_tiny, mocov2_ft_tiny (CPU, built-in digits). Exit status: 0 done, 2 bad "
+        "input, 3 stopped by the collapse alarm (stop_on_collapse=true), 143 stopped by SIGTERM/SIGUSR1 "
+        "(both saved a checkpoint; --resume continues).",
     )
     p.add_argument("--config", required=True, help="a YAML file or the name of a shipped config")
     add_out_argument(

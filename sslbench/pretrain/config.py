@@ -8,6 +8,7 @@ defaults are the reference README's ImageNet command.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,6 +79,38 @@ class OptimConfig:
 
 
 @dataclass
+class CollapseConfig:
+    """The collapse alarm (``alarm.py``): it fires when, for ``patience`` logging intervals in a row,
+    the collapse metric of the projector output is below ``output_std_below`` and the plain MoCo
+    pos/neg gap (mean positive minus mean negative score) is below ``gap_below``."""
+
+    output_std_below: float = 0.05  # tiny plain MoCo v2 reads >= 0.09 while its gap is small
+    gap_below: float = 0.02  # tiny posneg reads < 0.01 from step ~12; tiny plain >= 0.027
+    patience: int = 2  # logging intervals in a row (0: the alarm is off)
+    feature_every: int = 100  # steps between collapse metrics of the backbone features (0: never)
+
+
+@dataclass
+class MonitorConfig:
+    """The online kNN monitor (``monitor.py``): ``sslbench knn``'s primary setting (k=20, T=0.07) on
+    the current query backbone, bank ``bank_split``, queries ``split``, at the end of every
+    ``every``-th epoch."""
+
+    every: int = 0  # epochs between evaluations (0: off)
+    dataset: str | None = None  # a registry name; None: the built-in digits
+    root: str | None = None  # the dataset's root, for datasets read from disk
+    split: str = "test"  # the labelled split classified
+    bank_split: str = "trainval"  # the split whose features vote
+    image_size: int = 0  # eval crop size, px (0: augment.size)
+    batch_size: int = 256  # images per extraction batch
+
+
+@dataclass
+class LoggingConfig:
+    tensorboard: bool = False  # also write every logged value as a TensorBoard scalar (OUT/tensorboard)
+
+
+@dataclass
 class PretrainConfig:
     out: str = "runs/pretrain"  # run folder: checkpoint_last.pth, scores.csv, config.yaml
     epochs: int = 200
@@ -93,6 +126,10 @@ class PretrainConfig:
     moco: MoCoConfig = field(default_factory=MoCoConfig)
     ft: FeatureTransformConfig = field(default_factory=FeatureTransformConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    collapse: CollapseConfig = field(default_factory=CollapseConfig)
+    stop_on_collapse: bool = False  # end the run when the collapse alarm fires (checkpoint, exit 3)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 
 def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
@@ -150,6 +187,23 @@ def validate(cfg: PretrainConfig, world_size: int = 1) -> PretrainConfig:
         raise ConfigError(
             f"batch_size={cfg.batch_size} must be a multiple of moco.bn_splits={cfg.moco.bn_splits}"
         )
+    for key, count in (
+        ("collapse.patience", cfg.collapse.patience),
+        ("collapse.feature_every", cfg.collapse.feature_every),
+        ("monitor.every", cfg.monitor.every),
+        ("monitor.image_size", cfg.monitor.image_size),
+    ):
+        if count < 0:
+            raise ConfigError(f"{key}={count}: expected 0 (off) or a positive count")
+    for key, value in (
+        ("collapse.output_std_below", cfg.collapse.output_std_below),
+        ("collapse.gap_below", cfg.collapse.gap_below),
+    ):
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}={value}: expected a finite threshold")
+    _positive("monitor.batch_size", cfg.monitor.batch_size)
+    if 0 < cfg.monitor.image_size < 8:
+        raise ConfigError(f"monitor.image_size={cfg.monitor.image_size}: expected 0 (augment.size) or >= 8")
     if cfg.data.max_images < 0:
         raise ConfigError(f"data.max_images={cfg.data.max_images}: expected 0 (all) or a positive count")
     return cfg

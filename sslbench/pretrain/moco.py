@@ -37,7 +37,7 @@ from sslbench.pretrain.feature_transform import (
     feature_transform_scores,
     sample_draws,
 )
-from sslbench.pretrain.scores import batch_score_stats
+from sslbench.pretrain.scores import batch_score_stats, collapse_metric
 from sslbench.runtime.collectives import gather_equal
 from sslbench.runtime.process import process_world
 
@@ -109,6 +109,8 @@ class MoCoOutput:
     logits: Tensor  # (B, 1+N): scores / T, positive at index 0
     stats_before_ft: Tensor  # (4,) pos_mean, pos_var, neg_mean, neg_var of the plain MoCo scores
     stats_after_ft: Tensor  # (4,) the same on the scores trained on (equal to the above with FT off)
+    output_std: Tensor  # () collapse metric of the query projector output (scores.collapse_metric)
+    feature_std: Tensor | None = None  # () the same of the query backbone features, when asked for
 
 
 class MoCo(nn.Module):
@@ -161,6 +163,11 @@ class MoCo(nn.Module):
         """Normalised query embeddings (B, D), with gradient."""
         return F.normalize(self.projector_q(self.backbone_q(images)), dim=1)
 
+    def _encode_queries_with_features(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """:meth:`encode_queries` and the backbone features (B, F) it projected."""
+        features = self.backbone_q(images)
+        return F.normalize(self.projector_q(features), dim=1), features
+
     @torch.no_grad()
     def momentum_update_key_encoder(self) -> None:
         """``p_k <- m * p_k + (1 - m) * p_q`` for every parameter (BN buffers keep their own statistics)."""
@@ -200,14 +207,21 @@ class MoCo(nn.Module):
         self.queue_ptr[0] = (ptr + batch) % self.queue_size
 
     def forward(
-        self, im_q: Tensor, im_k: Tensor, apply_ft: bool = True, draws: FTDraws | None = None
+        self,
+        im_q: Tensor,
+        im_k: Tensor,
+        apply_ft: bool = True,
+        draws: FTDraws | None = None,
+        measure_features: bool = False,
     ) -> MoCoOutput:
-        """One MoCo step on two views (B, 3, H, W): logits and score statistics; enqueues the keys.
+        """One MoCo step on two views (B, 3, H, W): logits, score statistics and the collapse metric of
+        the projector output (of the backbone features too with ``measure_features``); enqueues the keys.
 
         FT applies when the model has an enabled FT config and ``apply_ft`` is true (the trainer
         passes ``epoch >= ft.start_epoch``); ``draws`` fixes its random draws (default: sampled here).
         """
-        q = self.encode_queries(im_q)
+        q, features = self._encode_queries_with_features(im_q)
+        feature_std = collapse_metric(features) if measure_features else None
         with torch.no_grad():
             self.momentum_update_key_encoder()
             k = self.encode_keys(im_k)
@@ -226,4 +240,10 @@ class MoCo(nn.Module):
                 stats_before = stats_after = batch_score_stats(scores)
             logits = scores / self.temperature
         self.dequeue_and_enqueue(k)
-        return MoCoOutput(logits=logits, stats_before_ft=stats_before, stats_after_ft=stats_after)
+        return MoCoOutput(
+            logits=logits,
+            stats_before_ft=stats_before,
+            stats_after_ft=stats_after,
+            output_std=collapse_metric(q),
+            feature_std=feature_std,
+        )

@@ -12,7 +12,10 @@
   ``checkpoint_every`` epochs, at the end, and on SIGTERM/SIGUSR1 after the step in flight. They hold both
   encoders, the queue, the optimizer, the RNG states and the open score interval, so ``--resume``
   continues where the run stopped (bit for bit on the CPU).
-* Score statistics: a row of ``<out>/scores.csv`` every ``log_every`` steps (see ``scores.py``).
+* Score statistics and the collapse metric: a row of ``<out>/scores.csv`` and of ``metrics.jsonl``
+  every ``log_every`` steps (see ``scores.py``); TensorBoard scalars with ``logging.tensorboard``.
+* The collapse alarm watches those rows (``alarm.py``); the online kNN monitor (``monitor.py``) adds
+  a row every ``monitor.every`` epochs.
 """
 
 from __future__ import annotations
@@ -34,9 +37,11 @@ from sslbench.atomic import torch_save, write_text
 from sslbench.config import config_to_dict
 from sslbench.data.registry import build_dataset
 from sslbench.errors import CheckpointError, ConfigError
+from sslbench.pretrain.alarm import CollapseAlarm, PretrainingCollapsed, run_log_line, warning_line
 from sslbench.pretrain.augment import SeededTwoCrops, moco_augmentation
 from sslbench.pretrain.config import PretrainConfig, validate
 from sslbench.pretrain.moco import MoCo
+from sslbench.pretrain.monitor import KnnMonitor
 from sslbench.pretrain.scores import TABLE_NAME, ScoreAccumulator, ScoreTable
 from sslbench.runtime.precision import Precision
 from sslbench.runtime.process import Runtime, launched
@@ -84,7 +89,17 @@ def EpochBatches(
 
 
 # Keys of the config that change how a run is stored or watched, not what it computes.
-OPERATIONAL_KEYS = ("out", "data.workers", "checkpoint_every", "keep_every", "log_every")
+OPERATIONAL_KEYS = (
+    "out",
+    "data.workers",
+    "checkpoint_every",
+    "keep_every",
+    "log_every",
+    "collapse",
+    "stop_on_collapse",
+    "monitor",
+    "logging",
+)
 
 
 def resume_fingerprint(config: dict[str, Any], world: int) -> dict[str, Any]:
@@ -127,6 +142,7 @@ class Trainer:
             weight_decay=cfg.optim.weight_decay,
         )
         self.scores = ScoreAccumulator(runtime.device)
+        self.alarm = CollapseAlarm(cfg.collapse)
         self.table = ScoreTable(self.out / TABLE_NAME)
         self.epoch = 0  # completed epochs
         self.step_in_epoch = 0  # steps done in epoch ``self.epoch`` (non-zero after a SIGTERM)
@@ -149,6 +165,8 @@ class Trainer:
             "config_changes": self.config_changes,
             "rng": rng_state(self.runtime.device),
             "scores": self.scores.state_dict(),
+            "collapse_alarm": self.alarm.fired,
+            "collapse_alarm_state": self.alarm.state_dict(),
             "world_size": self.runtime.world,
             "sslbench_version": __version__,
         }
@@ -185,6 +203,7 @@ class Trainer:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise CheckpointError(f"{path}: cannot resume from it with this config: {first}") from None
         self.config_changes = list(state.get("config_changes", []))
+        self.alarm.load_state_dict(state.get("collapse_alarm_state"))
         if changes:
             self.config_changes.append(change_entry(self.global_step, changes))
             if self.runtime.main:
@@ -195,12 +214,15 @@ class Trainer:
             self.table.truncate_after(self.global_step)
 
     def config_yaml(self) -> str:
-        """config.yaml: the config now in force, headed by the changes made on resume (as comments)."""
+        """config.yaml: the config now in force, headed by the run log (as comments): the changes
+        made on resume and the collapse alarm."""
         header = "".join(
             f"# resumed at step {entry['step']} with changes (key: [before, after]): "
             f"{json.dumps(entry['changes'])}\n"
             for entry in self.config_changes
         )
+        if self.alarm.fired is not None:
+            header += run_log_line(self.alarm.fired)
         return header + OmegaConf.to_yaml(config_to_dict(self.cfg))
 
 
@@ -225,11 +247,18 @@ def run_pretraining(
     checkpoint of another config is refused unless ``allow_config_change`` (then the change is
     recorded in the checkpoint and config.yaml). ``step_callback(global_step)`` is called after every
     optimisation step. Raises :class:`PretrainingInterrupted` after saving a checkpoint when SIGTERM
-    or SIGUSR1 arrives.
+    or SIGUSR1 arrives, and :class:`~sslbench.pretrain.alarm.PretrainingCollapsed` after saving one
+    when the collapse alarm fires with ``stop_on_collapse``. ``tensorboard`` (or
+    ``logging.tensorboard``) also writes the logged values as TensorBoard scalars.
     """
     with launched() as runtime:
         return _train(
-            validate(cfg, runtime.world), runtime, resume, step_callback, allow_config_change, tensorboard
+            validate(cfg, runtime.world),
+            runtime,
+            resume,
+            step_callback,
+            allow_config_change,
+            tensorboard or cfg.logging.tensorboard,
         )
 
 
@@ -266,6 +295,7 @@ def _train(
     if steps_per_epoch == 0:
         raise ConfigError(f"batch_size={cfg.batch_size} exceeds the {len(views)} images of {images.name}")
 
+    monitor = KnnMonitor.from_config(cfg) if cfg.monitor.every else None
     trainer = Trainer(cfg, runtime)
     if resume and trainer.checkpoint_path.exists():
         trainer.load(trainer.checkpoint_path, allow_config_change)
@@ -288,13 +318,38 @@ def _train(
     )
 
     def log_row(epoch: int, lr: float) -> None:
-        row = trainer.scores.flush()
+        row = trainer.scores.flush()  # the same values on every rank: the alarm agrees across ranks
+        alarm = trainer.alarm.observe(trainer.global_step, row)
         if runtime.main:
             values = {"step": trainer.global_step, "epoch": epoch, "lr": lr, **row}
+            values["collapse_alarm"] = int(alarm is not None)
             trainer.table.append(values)
             metrics.write("pretrain", trainer.global_step, **{k: v for k, v in values.items() if k != "step"})
-        progress.note(loss=row["loss"])
+        progress.note(loss=row["loss"], output_std=row["output_std"])
+        if alarm is None:
+            return
+        if runtime.main:
+            if progress.bar is not None:  # a line of its own above the bar
+                progress.bar.write(warning_line(alarm), file=sys.stderr)
+            else:
+                print(warning_line(alarm), file=sys.stderr, flush=True)
+            write_text(trainer.out / "config.yaml", trainer.config_yaml())
+        if cfg.stop_on_collapse:
+            progress.close()
+            trainer.save()
+            metrics.close()
+            raise PretrainingCollapsed(trainer.checkpoint_path, alarm)
 
+    def log_monitor(epoch: int) -> None:
+        assert monitor is not None
+        top1 = monitor.top1(trainer.model.backbone_q, runtime)
+        if top1 is not None:
+            values = {"step": trainer.global_step, "epoch": epoch, "knn_top1": top1}
+            trainer.table.append(values)
+            metrics.write("pretrain", trainer.global_step, epoch=epoch, knn_top1=top1)
+            progress.note(knn_top1=top1)
+
+    every = cfg.collapse.feature_every  # backbone features measured on steps N, 2N, ... (1-based)
     with catch_stop_signals() as stop:
         while trainer.epoch < cfg.epochs:
             epoch = trainer.epoch
@@ -305,13 +360,18 @@ def _train(
             for im_q, im_k in loader:
                 with precision.autocast():
                     output = model(
-                        precision.images(im_q), precision.images(im_k), apply_ft=epoch >= cfg.ft.start_epoch
+                        precision.images(im_q),
+                        precision.images(im_k),
+                        apply_ft=epoch >= cfg.ft.start_epoch,
+                        measure_features=bool(every and (trainer.global_step + 1) % every == 0),
                     )
                 loss = F.cross_entropy(output.logits, labels)
                 trainer.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 trainer.optimizer.step()
-                trainer.scores.add(loss, output.stats_before_ft, output.stats_after_ft)
+                trainer.scores.add(
+                    loss, output.stats_before_ft, output.stats_after_ft, output.output_std, output.feature_std
+                )
                 trainer.global_step += 1
                 trainer.step_in_epoch += 1
                 progress.update()
@@ -328,6 +388,8 @@ def _train(
             trainer.step_in_epoch = 0
             if trainer.epoch == cfg.epochs and trainer.scores.steps:
                 log_row(epoch, lr)
+            if monitor is not None and trainer.epoch % cfg.monitor.every == 0:
+                log_monitor(epoch)
             if trainer.epoch % cfg.checkpoint_every == 0 or trainer.epoch == cfg.epochs:
                 trainer.save()
     progress.close()
