@@ -51,11 +51,8 @@ _ALLOWED: dict[tuple[str, str], Any] = {
 
 
 def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
     with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 class _Disallowed(pickle.UnpicklingError):
