@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sslbench.checkpoints.cli import add_checkpoint_arguments
 from sslbench.commandline import add_out_argument, add_overrides_argument, deprecated
@@ -19,6 +19,10 @@ from sslbench.errors import ConfigError
 from sslbench.options import image_size
 from sslbench.run_folder import refuse_previous_run
 from sslbench.runtime.arguments import add_runtime_arguments
+
+if TYPE_CHECKING:  # annotations only: the command's module stays light for --help
+    from sslbench.evaluate.finetune_grid import FinetuneConfig, Outcome, Protocol, Splits
+    from sslbench.tools.records import ResultRecord
 
 DEFAULT_CONFIG = "ssl_transfer"
 
@@ -56,30 +60,135 @@ def _overrides(args: argparse.Namespace) -> list[str]:
 PREVIOUS_RUN_MARKERS = ("grid", "final", "best.pth")  # what a started fine-tune run leaves in --out
 
 
+def _build_splits(
+    args: argparse.Namespace, config: FinetuneConfig, options: dict[str, Any]
+) -> tuple[Splits, dict[str, Any]]:
+    """The four splits with the protocol's transforms (augmented train/trainval, plain val/test), and
+    the part of the resume fingerprint that describes them."""
+    from torchvision.transforms import InterpolationMode
+
+    from sslbench.data.registry import build_dataset
+    from sslbench.data.transforms import describe_transform, eval_transform, lbfgs_transform, train_transform
+    from sslbench.evaluate.finetune_grid import Splits
+
+    interpolation = (
+        InterpolationMode.BICUBIC if config.interpolation == "bicubic" else InterpolationMode.BILINEAR
+    )
+    augment = train_transform(config.image_size, tuple(config.crop_scale), interpolation)
+    plain = (lbfgs_transform if config.test_resize == "full" else eval_transform)(config.image_size)
+    parts = {
+        split: build_dataset(
+            args.dataset, args.root, split, augment if split in ("train", "trainval") else plain, **options
+        )
+        for split in ("train", "val", "trainval", "test")
+    }
+    for split, data in parts.items():
+        if len(data) == 0:
+            raise ConfigError(f"{args.dataset}: the {split} split is empty under {args.root}")
+    splits = Splits(parts["train"], parts["val"], parts["trainval"], parts["test"], parts["test"].num_classes)
+    described = {
+        "dataset": args.dataset,
+        "root": str(Path(args.root).resolve()) if args.root is not None else None,
+        "options": {k: v for k, v in options.items() if v is not None},
+        "sizes": {split: len(data) for split, data in parts.items()},
+        "train_transform": describe_transform(augment),
+        "test_transform": describe_transform(plain),
+    }
+    return splits, described
+
+
+def _print_outcome(outcome: Outcome, method: str, select: str) -> None:
+    from sslbench.evaluate.cli import _print_metrics
+
+    for row in outcome.grid:
+        print(
+            f"lr {row['lr']:<9.3g} wd {row['weight_decay']:<9.3g} val top1 {row['val_top1']:6.2f}  "
+            f"mean/class {row['val_mean_per_class']:6.2f}" + ("  (done earlier)" if row["skipped"] else "")
+        )
+    print(f"chosen lr {outcome.lr:.3g} wd {outcome.weight_decay:.3g} (on val {select})")
+    _print_metrics(f"finetune {method}", outcome.metrics)
+
+
+def _finetune_record(
+    protocol: Protocol,
+    outcome: Outcome,
+    args: argparse.Namespace,
+    options: dict[str, Any],
+    config_path: Path,
+    started_at: str,
+) -> ResultRecord:
+    """The run's ``result.json``: every setting that changes a number, the grid and the final run."""
+    from sslbench.config import config_to_dict
+    from sslbench.evaluate.cli import _dataset_record
+    from sslbench.evaluate.finetune import LAST_PARTIAL_BATCH
+    from sslbench.evaluate.finetune_grid import CORETUNING_SOURCE
+    from sslbench.runtime.precision import Precision
+    from sslbench.tools.records import ResultRecord
+
+    config, ckpt, splits, fingerprint = protocol.config, protocol.ckpt, protocol.splits, protocol.fingerprint
+    select, device = protocol.select_metric, protocol.device
+    source = config.source + (f"; loss: {CORETUNING_SOURCE}" if config.method == "coretuning" else "")
+    settings = {
+        **config_to_dict(config),
+        "method": config.method,
+        "lr": outcome.lr,
+        "weight_decay": outcome.weight_decay,
+        "effective_lr": outcome.final["effective_lr"],
+        "steps_run": outcome.final["steps"],
+        **config.grid_record(),
+        "grid_points": len(outcome.grid),
+        "last_partial_batch": LAST_PARTIAL_BATCH,
+        "select_metric": select,
+        "select_split": "val" if outcome.grid else None,
+        "grid_train_split": "train",
+        "final_train_split": "trainval",
+        "test_split": "test",
+        "train_transform": fingerprint["train_transform"],
+        "test_transform": fingerprint["test_transform"],
+        "optimizer": "SGD, Nesterov momentum, weight decay on every parameter",
+        "test_metric_step": "last",
+        "precision": Precision(device).name,
+        "device": str(device),
+        "world_size": protocol.runtime.world,
+        "config_file": str(config_path),
+    }
+    if config.method != "coretuning":
+        settings.pop("coretuning")
+    return ResultRecord(
+        task="finetune",
+        protocol={"name": f"finetune-{config.name}-{config.method}", "source": source, "settings": settings},
+        dataset={
+            **_dataset_record(args, splits.trainval, splits.test, options, uses_val=True),
+            "sizes": fingerprint["sizes"],
+        },
+        metrics=outcome.metrics,
+        checkpoint=ckpt.describe(),
+        started_at=started_at,
+        seed=args.seed,
+        extra={
+            "grid": outcome.grid,
+            "chosen": {"lr": outcome.lr, "weight_decay": outcome.weight_decay},
+            "best_checkpoint": str(outcome.best_checkpoint),
+            "history": outcome.final["history"],
+            "final_skipped": outcome.final["skipped"],
+            "backbone_check": "every backbone tensor equals the checkpoint's at step 0 of every run",
+        },
+    )
+
+
 def run_finetune(args: argparse.Namespace, on_step: Any = None) -> int:
     """The command; ``on_step(step, model)`` is passed to every training run (tests use it)."""
     import torch
-    from torchvision.transforms import InterpolationMode
 
     from sslbench.checkpoints.cli import checkpoint_from_args
-    from sslbench.config import config_to_dict, load_config, resolve_config_path
+    from sslbench.config import load_config, resolve_config_path
     from sslbench.data.cli import dataset_options_from_args
-    from sslbench.data.registry import DATASETS, build_dataset
-    from sslbench.data.transforms import describe_transform, eval_transform, lbfgs_transform, train_transform
-    from sslbench.evaluate.cli import _dataset_record, _print_metrics
-    from sslbench.evaluate.finetune import LAST_PARTIAL_BATCH
-    from sslbench.evaluate.finetune_grid import (
-        CORETUNING_SOURCE,
-        FinetuneConfig,
-        Protocol,
-        Splits,
-        run_protocol,
-    )
+    from sslbench.data.registry import DATASETS
+    from sslbench.evaluate.finetune_grid import FinetuneConfig, Protocol, run_protocol
     from sslbench.models.vit_archs import is_vit_arch
-    from sslbench.runtime.precision import Precision
     from sslbench.runtime.process import start_runtime
     from sslbench.runtime.progress import MetricsLog
-    from sslbench.tools.records import ResultRecord, utc_now, write_record
+    from sslbench.tools.records import utc_now, write_record
 
     started_at = utc_now()
     config_path = resolve_config_path(args.config, "finetune")
@@ -100,34 +209,8 @@ def run_finetune(args: argparse.Namespace, on_step: Any = None) -> int:
             "fine-tuning ViTs (MAE's recipe) is not implemented yet"
         )
     options = dataset_options_from_args(args)
-
-    interpolation = (
-        InterpolationMode.BICUBIC if config.interpolation == "bicubic" else InterpolationMode.BILINEAR
-    )
-    augment = train_transform(config.image_size, tuple(config.crop_scale), interpolation)
-    plain = (lbfgs_transform if config.test_resize == "full" else eval_transform)(config.image_size)
-    parts = {
-        split: build_dataset(
-            args.dataset, args.root, split, augment if split in ("train", "trainval") else plain, **options
-        )
-        for split in ("train", "val", "trainval", "test")
-    }
-    for split, data in parts.items():
-        if len(data) == 0:
-            raise ConfigError(f"{args.dataset}: the {split} split is empty under {args.root}")
-    sizes = {split: len(data) for split, data in parts.items()}
-    splits = Splits(parts["train"], parts["val"], parts["trainval"], parts["test"], parts["test"].num_classes)
-    fingerprint = {
-        "checkpoint": ckpt.sha256,
-        "arch": ckpt.arch,
-        "dataset": args.dataset,
-        "root": str(Path(args.root).resolve()) if args.root is not None else None,
-        "options": {k: v for k, v in options.items() if v is not None},
-        "sizes": sizes,
-        "train_transform": describe_transform(augment),
-        "test_transform": describe_transform(plain),
-        "world_size": runtime.world,
-    }
+    splits, fingerprint = _build_splits(args, config, options)
+    fingerprint = {"checkpoint": ckpt.sha256, "arch": ckpt.arch, **fingerprint, "world_size": runtime.world}
     select = DATASETS[args.dataset].headline_metric
     protocol = Protocol(
         ckpt=ckpt,
@@ -154,60 +237,8 @@ def run_finetune(args: argparse.Namespace, on_step: Any = None) -> int:
     if not runtime.main:
         return 0
 
-    for row in outcome.grid:
-        print(
-            f"lr {row['lr']:<9.3g} wd {row['weight_decay']:<9.3g} val top1 {row['val_top1']:6.2f}  "
-            f"mean/class {row['val_mean_per_class']:6.2f}" + ("  (done earlier)" if row["skipped"] else "")
-        )
-    print(f"chosen lr {outcome.lr:.3g} wd {outcome.weight_decay:.3g} (on val {select})")
-    _print_metrics(f"finetune {config.method}", outcome.metrics)
-    source = config.source + (f"; loss: {CORETUNING_SOURCE}" if config.method == "coretuning" else "")
-    settings = {
-        **config_to_dict(config),
-        "method": config.method,
-        "lr": outcome.lr,
-        "weight_decay": outcome.weight_decay,
-        "effective_lr": outcome.final["effective_lr"],
-        "steps_run": outcome.final["steps"],
-        **config.grid_record(),
-        "grid_points": len(outcome.grid),
-        "last_partial_batch": LAST_PARTIAL_BATCH,
-        "select_metric": select,
-        "select_split": "val" if outcome.grid else None,
-        "grid_train_split": "train",
-        "final_train_split": "trainval",
-        "test_split": "test",
-        "train_transform": fingerprint["train_transform"],
-        "test_transform": fingerprint["test_transform"],
-        "optimizer": "SGD, Nesterov momentum, weight decay on every parameter",
-        "test_metric_step": "last",
-        "precision": Precision(device).name,
-        "device": str(device),
-        "world_size": runtime.world,
-        "config_file": str(config_path),
-    }
-    if config.method != "coretuning":
-        settings.pop("coretuning")
-    record = ResultRecord(
-        task="finetune",
-        protocol={"name": f"finetune-{config.name}-{config.method}", "source": source, "settings": settings},
-        dataset={
-            **_dataset_record(args, splits.trainval, splits.test, options, uses_val=True),
-            "sizes": sizes,
-        },
-        metrics=outcome.metrics,
-        checkpoint=ckpt.describe(),
-        started_at=started_at,
-        seed=args.seed,
-        extra={
-            "grid": outcome.grid,
-            "chosen": {"lr": outcome.lr, "weight_decay": outcome.weight_decay},
-            "best_checkpoint": str(outcome.best_checkpoint),
-            "history": outcome.final["history"],
-            "final_skipped": outcome.final["skipped"],
-            "backbone_check": "every backbone tensor equals the checkpoint's at step 0 of every run",
-        },
-    )
+    _print_outcome(outcome, config.method, select)
+    record = _finetune_record(protocol, outcome, args, options, config_path, started_at)
     print(f"wrote {write_record(out, record)}")
     return 0
 
