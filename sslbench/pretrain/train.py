@@ -43,6 +43,7 @@ from sslbench.pretrain.config import PretrainConfig, validate
 from sslbench.pretrain.moco import MoCo
 from sslbench.pretrain.monitor import KnnMonitor
 from sslbench.pretrain.scores import TABLE_NAME, ScoreAccumulator, ScoreTable
+from sslbench.run_folder import refuse_previous_run
 from sslbench.runtime.precision import Precision
 from sslbench.runtime.process import Runtime, launched
 from sslbench.runtime.progress import MetricsLog, Progress
@@ -227,11 +228,8 @@ class Trainer:
 
 
 def _check_out_folder(cfg: PretrainConfig, resume: bool) -> None:
-    if not resume and (Path(cfg.out) / CHECKPOINT_NAME).exists():
-        raise ConfigError(
-            f"out={cfg.out} already holds {CHECKPOINT_NAME}: pass --resume to continue that run, "
-            "or choose another out"
-        )
+    if not resume:
+        refuse_previous_run(Path(cfg.out), (CHECKPOINT_NAME,), "pretraining run")
 
 
 def run_pretraining(
