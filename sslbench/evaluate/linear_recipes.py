@@ -156,6 +156,8 @@ class DinoLinearRecipe(LinearRecipe):
             "backbone frozen in eval mode",
             "schedule": f"CosineAnnealingLR(T_max={s.epochs}, eta_min=0), stepped after every epoch",
             "drop_last": self.drop_last,
+            "source_batch": "DINO's README runs 8 GPUs x 128 = 1024 (lr 0.004); its argparse default, "
+            "one process, is 128",
         }
 
 
@@ -197,6 +199,10 @@ class MaeLinearRecipe(LinearRecipe):
             f"{s.min_lr}, set before every iteration at epoch + step / steps_per_epoch "
             "(MAE util/lr_sched.py, engine_finetune.py)",
             "drop_last": self.drop_last,
+            "source_batch": "MAE's linear-probing runs use 4 nodes x 8 GPUs x 512 = 16384 (lr 6.4); its "
+            "argparse default, one process, is 512",
+            "backbone_mode": "eval; MAE calls model.train(), but its linear-probe ViT has no dropout or drop "
+            "path, so its features are the same",
         }
 
 
