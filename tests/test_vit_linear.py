@@ -391,3 +391,16 @@ def test_linear_bad_values_are_one_line_and_write_nothing(
     refused(capsys, _linear(resnet, cub, out, "sgd", "--base-lr", "1"), "--base-lr is for --protocol")
     assert snapshot(tmp_path) == before and not out.exists()
     assert DEPTH == 2  # the depth the refusals above name
+
+
+def test_another_recipe_in_the_same_out_is_refused_by_name_even_where_changes_are_allowed(
+    files: dict[str, Path], cub: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "o"
+    assert main(_linear(files["mae"], cub, out, "mae", "--epochs", "1")) == 0
+    state = out / "linear_state.pth"
+    before = state.read_bytes()
+    dino = _linear(files["mae"], cub, out, "dino", "--epochs", "1", "--n-last-blocks", "1", "--overwrite")
+    refused(capsys, dino, str(state), "protocol 'linear-mae' -> 'linear-dino'")
+    refused(capsys, [*dino, "--allow-config-change"], str(state), "does not fit this probe")
+    assert state.read_bytes() == before

@@ -361,7 +361,6 @@ def _linear_trained(args: argparse.Namespace, run: _Run) -> Any:
     trainval images, check the backbone did not move, score the last epoch's head on test."""
     from sslbench.data.registry import build_dataset
     from sslbench.data.transforms import describe_transform, eval_transform
-    from sslbench.evaluate.features import describe_splits
     from sslbench.evaluate.linear import check_backbone_unchanged, epoch_loaders, train_linear_head
     from sslbench.evaluate.linear_recipes import LAST_EPOCH_NOTE
     from sslbench.runtime.progress import MetricsLog
@@ -420,7 +419,16 @@ def _linear_trained(args: argparse.Namespace, run: _Run) -> Any:
     }
     if args.protocol != "sgd":
         protocol_settings["test_metric_note"] = LAST_EPOCH_NOTE
-    extra = {
+    return (recipe.name, recipe.source, protocol_settings), trainval, test_ds, metrics, _trained_extra(
+        trained, state_path, test
+    )
+
+
+def _trained_extra(trained: Any, state_path: Path, test: Any) -> dict[str, Any]:
+    """The record's ``extra`` of a trained probe: per-epoch history, resume and sanity-check facts."""
+    from sslbench.evaluate.features import describe_splits
+
+    return {
         "history": trained.history,
         "resumed_from_epoch": trained.resumed_from,
         "sanity_check": "backbone unchanged",
@@ -428,7 +436,6 @@ def _linear_trained(args: argparse.Namespace, run: _Run) -> Any:
         "state": str(state_path),
         "features": describe_splits([("test", test)]),
     }
-    return (recipe.name, recipe.source, protocol_settings), trainval, test_ds, metrics, extra
 
 
 def _head_metrics(head: Any, test: Any) -> dict[str, float]:

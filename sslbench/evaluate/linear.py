@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from sslbench.atomic import torch_save
 from sslbench.checkpoints.canonical import tensors_differing
-from sslbench.errors import ConfigError
+from sslbench.errors import CheckpointError, ConfigError
 from sslbench.evaluate.linear_recipes import LinearRecipe, Scheduler, as_recipe
 from sslbench.evaluate.metrics import AccuracyTally
 from sslbench.evaluate.protocol_defaults import C_GRID_SIZE, LBFGS_MAX_ITER, WD_RANGE, SgdSettings
@@ -213,11 +213,17 @@ class _Trainer:
     scheduler: Scheduler | None
     run: SgdRun
 
-    def restore(self, state: dict[str, Any]) -> None:
-        self.head.load_state_dict(state["head"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.scheduler is not None:
-            self.scheduler.load_state_dict(state["scheduler"])
+    def restore(self, state: dict[str, Any], path: Path) -> None:
+        try:
+            self.head.load_state_dict(state["head"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            if self.scheduler is not None:
+                self.scheduler.load_state_dict(state["scheduler"])
+        except (RuntimeError, KeyError, ValueError) as exc:  # another recipe's head (an allowed change)
+            why = str(exc).strip().splitlines()[0]
+            raise CheckpointError(
+                f"{path}: its head or optimizer state does not fit this probe ({why}); use another --out"
+            ) from None
         torch.set_rng_state(state["rng"])
         self.run.history = list(state["history"])
         self.run.resumed_from = len(self.run.history)
@@ -270,8 +276,8 @@ def train_linear_head(
     trainer = _Trainer(head, optimizer, recipe.epoch_scheduler(optimizer), SgdRun(head))
     fingerprint = {"settings": settings.as_dict(), **(fingerprint or {})}
     state = _load_probe_state(state_path, fingerprint, allow_change)
-    if state is not None:
-        trainer.restore(state)
+    if state is not None and state_path is not None:
+        trainer.restore(state, state_path)
     run = trainer.run
 
     with catch_stop_signals() as stop:
