@@ -203,6 +203,8 @@ class MaeLinearRecipe(LinearRecipe):
             "argparse default, one process, is 512",
             "backbone_mode": "eval; MAE calls model.train(), but its linear-probe ViT has no dropout or drop "
             "path, so its features are the same",
+            "bn_statistics": "each process's share of the batch under DDP (MAE has no SyncBatchNorm); the "
+            "running statistics score the test set",
         }
 
 
