@@ -532,9 +532,9 @@ def _add_common(p: argparse.ArgumentParser, batch_size: int | None) -> None:
         "--overwrite", action="store_true", help="replace a result.json already in --out (default: refuse)"
     )
     p.add_argument("--image-size", type=image_size, default=224, help="crop size (224 in the protocols)")
-    default = f"default {batch_size}" if batch_size is not None else "lbfgs, sgd 256; dino 128; mae 512"
+    by_protocol = "" if batch_size is not None else " (by protocol: lbfgs and sgd 256, dino 128, mae 512)"
     p.add_argument(
-        "--batch-size", type=positive_int, default=batch_size, help=f"images per (global) batch ({default})"
+        "--batch-size", type=positive_int, default=batch_size, help=f"images per batch{by_protocol}"
     )
     p.add_argument(
         "--workers",
