@@ -1,4 +1,4 @@
-"""Linear probes on a frozen backbone: L-BFGS on cached features, and the SGD protocol of MoCo.
+"""Linear probes on a frozen backbone: L-BFGS on cached features, and trained heads (MoCo, DINO, MAE).
 
 * :func:`lbfgs_probe`: ssl-transfer ``linear.py`` (Ericsson et al. CVPR 2021). Multinomial
   logistic regression (scikit-learn, L-BFGS, ``warm_start=True``, its default ``max_iter=100``),
