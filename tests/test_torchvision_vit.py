@@ -153,9 +153,7 @@ def test_a_missing_or_extra_key_is_named_in_torchvision_names(
     _error(["inspect", str(bad), "--arch", ARCH], capsys, rf"unexpected \(1\): {LAYER}2\.ln_1\.weight")
 
 
-def test_positions_resize_as_torchvision_interpolate_embeddings(
-    path: Path, model: VisionTransformer
-) -> None:
+def test_positions_resize_as_torchvision_interpolate_embeddings(path: Path, model: VisionTransformer) -> None:
     """At 48 px (a 6x6 grid from 4x4) the features equal torchvision's own model built for 48 px and
     loaded through its interpolate_embeddings (bicubic, align_corners=True)."""
     big = torchvision_vit(48)
