@@ -171,6 +171,9 @@ def test_published_rows_fill_matching_columns_and_are_marked(tmp_path: Path) -> 
     markdown = to_markdown(board)
     assert "| MoCo v2 (published) † |" in markdown and "published reference numbers" in markdown
     assert "| a.pth |" in markdown
+    # a published number is never a column's best, even above every run (69.6 > 66.0)
+    assert "**66.00**" in markdown and "**69.60**" not in markdown and "(published rows and" in markdown
+    assert list(board.published_rows) and board.best(sgd) == 66.0
 
 
 class _Table(HTMLParser):

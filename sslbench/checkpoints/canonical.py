@@ -39,6 +39,7 @@ class CanonicalCheckpoint:
     dropped: dict[str, int] = field(default_factory=dict)  # dropped group -> number of tensors
     other_entries: tuple[str, ...] = ()  # non-weight top-level entries (optimizer, epoch, ...)
     filled: tuple[str, ...] = ()  # keys absent from the source and filled (BN counters only)
+    zoo: str | None = None  # the zoo entry's name when the checkpoint was given as zoo:NAME
 
     @property
     def num_parameters(self) -> int:
@@ -50,14 +51,15 @@ class CanonicalCheckpoint:
         )
 
     def describe(self) -> dict[str, Any]:
-        """JSON-able provenance, as stored in result records."""
-        return {
+        """JSON-able provenance, as stored in result records (``zoo``: only for a zoo:NAME checkpoint)."""
+        described = {
             "path": self.source_path,
             "sha256": self.sha256,
             "format": self.source_format,
             "key": self.key,
             "arch": self.arch,
         }
+        return described | ({"zoo": self.zoo} if self.zoo is not None else {})
 
 
 def _preview(items: list[str]) -> str:
