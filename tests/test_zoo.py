@@ -103,6 +103,7 @@ def test_zoo_name_is_downloaded_once_and_read_with_the_table_settings(
     assert main(["inspect", "zoo:tiny_dino_full", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert (info["format"], info["key"], info["arch"]) == ("dino", "student", ARCH)
+    assert info["zoo"] == "tiny_dino_full"
     cached = table["cache"] / "zoo" / "tiny_dino_full" / "tiny_dino_full.pth"
     assert info["path"] == str(cached)
     digest = hashlib.sha256((table["source"] / "tiny_dino_full.pth").read_bytes()).hexdigest()
@@ -269,3 +270,18 @@ def test_a_zoo_table_naming_an_unknown_protocol_or_dataset_is_one_line(
         _error(["zoo", "list"], capsys, label + pattern)
         _error(["leaderboard", str(tmp_path / "runs"), "--out", str(tmp_path / "b")], capsys, label + pattern)
     assert not (tmp_path / "b").exists()
+    data = yaml.safe_load(good)
+    data["checkpoints"][0]["published"].append(data["checkpoints"][0]["published"][0])
+    table["table"].write_text(yaml.safe_dump(data))
+    _error(
+        ["zoo", "list"],
+        capsys,
+        r"checkpoint tiny_dino: published lists one protocol, dataset and metric twice",
+    )
+    data = yaml.safe_load(good)
+    del data["checkpoints"][0]  # the table no longer lists the checkpoint the run read by name
+    table["table"].write_text(yaml.safe_dump(data))
+    assert main(["leaderboard", str(tmp_path / "runs"), "--out", str(tmp_path / "b")]) == 0
+    out, err = capsys.readouterr()
+    assert "zoo:tiny_dino: its checkpoint zoo:tiny_dino is not in the zoo table; no published row" in err
+    assert "(published)" not in out

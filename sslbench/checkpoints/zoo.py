@@ -100,6 +100,9 @@ def _entry(where: str, index: int, raw: Any) -> ZooEntry:
             needs = ", ".join(_PUBLISHED)
             raise ConfigError(f"{label}: each published number needs {needs} (value a number)")
         _check_published(f"{label}: published[{index}]", number)
+    columns = [(n["protocol"], n["dataset"], n["metric"]) for n in published]
+    if len(set(columns)) < len(columns):
+        raise ConfigError(f"{label}: published lists one protocol, dataset and metric twice")
     sha = raw.get("sha256")
     if sha is not None and (not isinstance(sha, str) or len(sha) != 64):
         raise ConfigError(f"{label}: sha256 must be 64 hex digits")

@@ -18,6 +18,11 @@ number of seeds. Rules:
   metric, a malformed time, a NaN seed) is reported by path and skipped; so is anything named
   ``result.json`` that is not a regular file (a FIFO or device is never opened). A record of a failed
   run is listed with its error, never counted.
+* Published numbers are rows marked †, cited under the table, never a column's best, matched to
+  columns by (task, dataset, protocol-name prefix, metric) or given a column of their own. A run
+  of a checkpoint read as ``zoo:NAME`` (its record's ``checkpoint.zoo``) always gets the row
+  ``zoo:NAME (published)`` right after its own, from the zoo table; ``--with-published`` adds the
+  FT paper's rows (:mod:`sslbench.tools.published`).
 * Text from records (labels, dataset and protocol names) is made safe for each output: control
   characters (terminal escapes) are dropped, a newline never splits a Markdown row, and a CSV cell
   that a spreadsheet would run as a formula (starting with ``= + - @``) is prefixed with ``'``.
@@ -517,12 +522,12 @@ def build_leaderboard(
         rows,
         columns,
         cells,
-        {p.label for p in published},
-        runs.baseline_rows,
-        warnings + zoo_warnings,
-        runs.skipped,
-        runs.failed,
-        {p.label: p.note for p in published},
+        published_rows={p.label for p in published},
+        baseline_rows=runs.baseline_rows,
+        warnings=warnings + zoo_warnings,
+        skipped=runs.skipped,
+        failed=runs.failed,
+        sources={p.label: p.note for p in published},
     )
 
 
