@@ -232,3 +232,13 @@ def test_a_baseline_row_is_marked_in_every_format_and_never_the_best(tmp_path: P
     (tmp_path / "baselines.json").write_text('{"not": "a list"}')
     assert main(["leaderboard", str(tmp_path), "--out", str(board_dir)]) == 2
     assert "expected a JSON list" in capsys.readouterr().err
+
+
+def test_a_record_whose_zoo_name_is_not_a_string_is_skipped_by_path(tmp_path: Path) -> None:
+    bad = write(tmp_path / "bad", SHA_A, 0, {"top1": 70.0})
+    record = json.loads(bad.read_text())
+    record["checkpoint"]["zoo"] = 5
+    bad.write_text(json.dumps(record))
+    board = build_leaderboard(tmp_path)
+    assert [p.path for p in board.skipped] == [bad] and "checkpoint.zoo must be" in board.skipped[0].message
+    assert board.rows == []

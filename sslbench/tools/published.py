@@ -7,7 +7,10 @@ k=20, T=0.07): MoCo v2 200 ep from mmselfsup's model zoo, DINO ResNet-50 from th
 
 Each value is keyed like a leaderboard column: (task, dataset, protocol prefix, metric). A record's
 column matches when task, dataset and metric are equal and its protocol name starts with the prefix
-(so ``linear-sgd``, MoCo's protocol, never sits beside an L-BFGS probe).
+(so ``linear-sgd``, MoCo's protocol, never sits beside an L-BFGS probe). The zoo table's published
+numbers (``sslbench/configs/zoo/checkpoints.yaml``) use the same keys: :func:`published_key` checks
+their names against :data:`PROTOCOLS`, the leaderboard's dataset names and :data:`METRICS` when the
+table loads.
 """
 
 from __future__ import annotations
