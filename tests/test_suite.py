@@ -537,6 +537,7 @@ tasks:
     assert "suite progress: 1/1 jobs done" in stdout
 
     [job_log] = cluster.glob("submitit/*/*_0_log.out")
+    assert not (cluster / "submitit" / "%j").exists()  # submitit's staging folder is not left behind
     text = job_log.read_text()
     assert "this job is preempted" in text and "Requeued job" in text
     assert text.count("Starting with JobEnvironment") == 2  # the first attempt and the requeued one

@@ -32,6 +32,7 @@ process), so it enters the spec hash when it is not 1.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -507,3 +508,5 @@ def _run_submitit(
             last_line = time.monotonic()
         if pending:
             time.sleep(poll_seconds)
+    with contextlib.suppress(OSError):  # submitit stages each submission (and requeue) in a literal
+        (out / "submitit" / "%j").rmdir()  # "%j" folder and leaves it empty: remove it once all ended
