@@ -94,12 +94,12 @@ def _entry(where: str, index: int, raw: Any) -> ZooEntry:
     published = raw.get("published") or []
     if not isinstance(published, list):
         raise ConfigError(f"{label}: published must be a list")
-    for index, number in enumerate(published):
+    for position, number in enumerate(published):
         absent = [k for k in _PUBLISHED if not isinstance(number, dict) or k not in number]
         if absent or isinstance(number["value"], bool) or not isinstance(number["value"], (int, float)):
             needs = ", ".join(_PUBLISHED)
             raise ConfigError(f"{label}: each published number needs {needs} (value a number)")
-        _check_published(f"{label}: published[{index}]", number)
+        _check_published(f"{label}: published[{position}]", number)
     columns = [(n["protocol"], n["dataset"], n["metric"]) for n in published]
     if len(set(columns)) < len(columns):
         raise ConfigError(f"{label}: published lists one protocol, dataset and metric twice")
