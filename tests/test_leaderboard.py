@@ -171,6 +171,9 @@ def test_published_rows_fill_matching_columns_and_are_marked(tmp_path: Path) -> 
     markdown = to_markdown(board)
     assert "| MoCo v2 (published) † |" in markdown and "published reference numbers" in markdown
     assert "| a.pth |" in markdown
+    # a published number is never a column's best, even above every run (69.6 > 66.0)
+    assert "**66.00**" in markdown and "**69.60**" not in markdown and "(published rows and" in markdown
+    assert list(board.published_rows) and board.best(sgd) == 66.0
 
 
 class _Table(HTMLParser):
@@ -229,3 +232,13 @@ def test_a_baseline_row_is_marked_in_every_format_and_never_the_best(tmp_path: P
     (tmp_path / "baselines.json").write_text('{"not": "a list"}')
     assert main(["leaderboard", str(tmp_path), "--out", str(board_dir)]) == 2
     assert "expected a JSON list" in capsys.readouterr().err
+
+
+def test_a_record_whose_zoo_name_is_not_a_string_is_skipped_by_path(tmp_path: Path) -> None:
+    bad = write(tmp_path / "bad", SHA_A, 0, {"top1": 70.0})
+    record = json.loads(bad.read_text())
+    record["checkpoint"]["zoo"] = 5
+    bad.write_text(json.dumps(record))
+    board = build_leaderboard(tmp_path)
+    assert [p.path for p in board.skipped] == [bad] and "checkpoint.zoo must be" in board.skipped[0].message
+    assert board.rows == []

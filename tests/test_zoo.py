@@ -3,6 +3,7 @@ downloaded once, its sha256 recorded and checked on every later use."""
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import re
@@ -38,7 +39,14 @@ def table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
             "arch": ARCH,
             "citation": "test fixture",
             "published": [
-                {"protocol": "knn", "dataset": "cub200", "metric": "top1", "value": 1.5, "cite": "t"}
+                {"protocol": "knn", "dataset": "cub200", "metric": "top1", "value": 99.5, "cite": "t, knn"},
+                {
+                    "protocol": "linear-dino",
+                    "dataset": "cub200",
+                    "metric": "top1",
+                    "value": 2.5,
+                    "cite": "t, lin",
+                },
             ],
         },
         {
@@ -76,8 +84,14 @@ def test_shipped_table_lists_checkpoints_with_cited_numbers(
     assert {"dino_vits16", "dino_vitb16", "mae_vitb16"} <= set(rows)
     assert all(r["url"].startswith("https://dl.fbaipublicfiles.com/") for r in rows.values())
     assert all(n["cite"] for r in rows.values() for n in r["published"])
-    knn = [n["value"] for n in rows["dino_vits16"]["published"] if n["protocol"] == "knn"]
-    assert knn == [74.5]  # facebookresearch/dino README.md
+    numbers = {(name, n["protocol"]): n["value"] for name, r in rows.items() for n in r["published"]}
+    assert numbers[("dino_vits16", "knn")] == 74.5  # facebookresearch/dino README.md
+    assert numbers[("dino_vitb16", "linear-dino")] == 78.2
+    assert numbers[("mae_vitb16", "finetune-mae-ce")] == 83.6  # facebookresearch/mae README.md
+    assert numbers[("mae_vitb16", "linear-mae")] == 67.8  # mae FINETUNE.md, Linear Probing, PT/GPU
+    assert numbers[("mocov3_vitb16", "linear-mocov3")] == 76.7  # moco-v3 CONFIG.md
+    assert {n["dataset"] for r in rows.values() for n in r["published"]} == {"imagenet-1k"}
+    assert rows["mocov3_vits16"]["arch"] == "vit_d384_l12_h12_p16"  # 12 heads (moco-v3 README)
     from sslbench.checkpoints.readers import check_any_arch
 
     assert all(check_any_arch(r["arch"]) for r in rows.values())
@@ -89,6 +103,7 @@ def test_zoo_name_is_downloaded_once_and_read_with_the_table_settings(
     assert main(["inspect", "zoo:tiny_dino_full", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert (info["format"], info["key"], info["arch"]) == ("dino", "student", ARCH)
+    assert info["zoo"] == "tiny_dino_full"
     cached = table["cache"] / "zoo" / "tiny_dino_full" / "tiny_dino_full.pth"
     assert info["path"] == str(cached)
     digest = hashlib.sha256((table["source"] / "tiny_dino_full.pth").read_bytes()).hexdigest()
@@ -99,7 +114,7 @@ def test_zoo_name_is_downloaded_once_and_read_with_the_table_settings(
     listing = capsys.readouterr().out
     assert re.search(r"zoo:tiny_dino_full .* \(cached\)", listing)
     assert re.search(r"zoo:tiny_dino .* \(not downloaded\)", listing)
-    assert "published knn cub200 top1 1.5" in listing
+    assert "published knn cub200 top1 99.5  [t, knn]" in listing
 
 
 def test_a_changed_cached_file_is_refused_in_one_line(
@@ -180,3 +195,93 @@ def test_suite_runs_a_zoo_name_and_its_jobs_keep_the_name(
     digest = (table["cache"] / "zoo" / "tiny_dino_full" / "sha256").read_text().strip()
     assert record.status == "ok" and record.checkpoint["sha256"] == digest
     assert record.checkpoint["key"] == "student"  # the table's entry, so the job read it by name
+
+
+def _knn_run(checkpoint: str, root: Path, out: Path) -> None:
+    argv = ["knn", checkpoint, "--dataset", "cub200", "--root", str(root), "--knn", "3:0.07"]
+    argv += ["--primary", "3:0.07", "--image-size", str(IMAGE), "--workers", "0", "--device", "cpu"]
+    assert main([*argv, "--out", str(out)]) == 0
+
+
+def test_leaderboard_puts_the_zoo_published_row_beside_our_run_of_it(
+    table: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = fixtures.write_cub(tmp_path / "cub", num_classes=3, per_class=4, size=IMAGE).root
+    other = tmp_path / "zzz.pth"  # a checkpoint given by path, whose row sorts after ours
+    torch.save(backbone_of(tiny_vit(seed=3)), other)
+    _knn_run("zoo:tiny_dino", root, tmp_path / "runs" / "zoo")
+    _knn_run(str(other), root, tmp_path / "runs" / "path")
+    ours = read_record(tmp_path / "runs" / "zoo" / "result.json")
+    assert (
+        ours.checkpoint["zoo"] == "tiny_dino"
+        and "zoo" not in read_record(tmp_path / "runs" / "path" / "result.json").checkpoint
+    )
+    top1 = f"{ours.metrics['top1']:.2f}"
+
+    board = tmp_path / "board"
+    capsys.readouterr()
+    assert main(["leaderboard", str(tmp_path / "runs"), "--out", str(board)]) == 0
+    markdown = (board / "leaderboard.md").read_text()
+    header, _, *rows = markdown.split("\n\n")[0].splitlines()
+    assert header == "| checkpoint | cub200 linear-dino top1 | cub200 knn top1 |"  # linear columns first
+    # our run, then the zoo's numbers for it (never bold), then the other checkpoint
+    assert re.fullmatch(rf"\| zoo:tiny_dino \|  \| (\*\*)?{top1}(\*\*)? \|", rows[0]), rows[0]
+    assert rows[1] == "| zoo:tiny_dino (published) † | 2.50 | 99.50 |"
+    assert rows[2].startswith("| zzz.pth |") and len(rows) == 3
+    assert "Row zoo:tiny_dino (published) † holds what tests publishes" in markdown
+    assert "cub200 knn top1 99.5: t, knn" in markdown and "cub200 linear-dino top1 2.5: t, lin" in markdown
+
+    csv_rows = list(csv.DictReader((board / "leaderboard.csv").open()))
+    assert [r["checkpoint"] for r in csv_rows] == ["zoo:tiny_dino", "zoo:tiny_dino (published)", "zzz.pth"]
+    run, published = csv_rows[0], csv_rows[1]
+    assert (run["published"], published["published"]) == ("False", "True")
+    assert float(run["cub200 knn top1 mean"]) == pytest.approx(ours.metrics["top1"])
+    assert float(published["cub200 knn top1 mean"]) == 99.5
+    assert float(published["cub200 linear-dino top1 mean"]) == 2.5
+    assert run["cub200 linear-dino top1 mean"] == ""
+    assert run["source"] == "" and "t, knn" in published["source"]
+
+    page = (board / "leaderboard.html").read_text()
+    cells = re.findall(r'<tr class="published"><td>zoo:tiny_dino \(published\) †</td>(.*?)</tr>', page)
+    assert cells == ['<td data-value="2.5">2.50</td><td data-value="99.5">99.50</td>']  # no class="best"
+    assert (
+        page.index(">zoo:tiny_dino</td>")
+        < page.index(">zoo:tiny_dino (published) †<")
+        < page.index(">zzz.pth<")
+    )
+
+
+def test_a_zoo_table_naming_an_unknown_protocol_or_dataset_is_one_line(
+    table: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = fixtures.write_cub(tmp_path / "cub", num_classes=3, per_class=4, size=IMAGE).root
+    _knn_run("zoo:tiny_dino", root, tmp_path / "runs" / "zoo")
+    good = table["table"].read_text()
+    for field, bad, pattern in (
+        ("protocol", "linear", r"protocol 'linear' is not one of knn, linear-lbfgs"),
+        ("dataset", "imagenet1k", r"dataset 'imagenet1k' is not one of .*imagenet-1k"),
+        ("metric", "acc", r"metric 'acc' is not one of top1, top5, mean_per_class"),
+        ("value", 101, r"value 101 is not a percentage"),
+    ):
+        data = yaml.safe_load(good)
+        data["checkpoints"][0]["published"][1][field] = bad
+        table["table"].write_text(yaml.safe_dump(data))
+        label = r"zoo.yaml: checkpoint tiny_dino: published\[1\]: "
+        _error(["zoo", "list"], capsys, label + pattern)
+        _error(["leaderboard", str(tmp_path / "runs"), "--out", str(tmp_path / "b")], capsys, label + pattern)
+    assert not (tmp_path / "b").exists()
+    data = yaml.safe_load(good)
+    data["checkpoints"][0]["published"].append(data["checkpoints"][0]["published"][0])
+    table["table"].write_text(yaml.safe_dump(data))
+    _error(
+        ["zoo", "list"],
+        capsys,
+        r"checkpoint tiny_dino: published lists one protocol, dataset and metric twice",
+    )
+    data = yaml.safe_load(good)
+    del data["checkpoints"][0]  # the table no longer lists the checkpoint the run read by name
+    table["table"].write_text(yaml.safe_dump(data))
+    assert main(["leaderboard", str(tmp_path / "runs"), "--out", str(tmp_path / "b")]) == 0
+    out, err = capsys.readouterr()
+    assert "zoo:tiny_dino: its checkpoint zoo:tiny_dino is not in the zoo table; no published row" in err
+    assert "(published)" not in out

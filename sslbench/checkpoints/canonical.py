@@ -8,6 +8,7 @@ the key set must equal the architecture's backbone key set and every shape must 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +39,7 @@ class CanonicalCheckpoint:
     dropped: dict[str, int] = field(default_factory=dict)  # dropped group -> number of tensors
     other_entries: tuple[str, ...] = ()  # non-weight top-level entries (optimizer, epoch, ...)
     filled: tuple[str, ...] = ()  # keys absent from the source and filled (BN counters only)
+    zoo: str | None = None  # the zoo entry's name when the checkpoint was given as zoo:NAME
 
     @property
     def num_parameters(self) -> int:
@@ -49,14 +51,15 @@ class CanonicalCheckpoint:
         )
 
     def describe(self) -> dict[str, Any]:
-        """JSON-able provenance, as stored in result records."""
-        return {
+        """JSON-able provenance, as stored in result records (``zoo``: only for a zoo:NAME checkpoint)."""
+        described = {
             "path": self.source_path,
             "sha256": self.sha256,
             "format": self.source_format,
             "key": self.key,
             "arch": self.arch,
         }
+        return described | ({"zoo": self.zoo} if self.zoo is not None else {})
 
 
 def _preview(items: list[str]) -> str:
@@ -120,22 +123,30 @@ def _expected_shapes(state_dict: StateDict, arch: str, where: str) -> dict[str, 
     return vit_shapes(arch, pos_embed_grid(pos, where) if pos is not None else 1)
 
 
-def match_backbone(state_dict: StateDict, arch: str, where: str) -> tuple[StateDict, tuple[str, ...]]:
+def match_backbone(
+    state_dict: StateDict, arch: str, where: str, file_key: Callable[[str], str] | None = None
+) -> tuple[StateDict, tuple[str, ...]]:
     """Check ``state_dict`` against ``arch`` strictly; return it in canonical key order.
 
     Missing BatchNorm ``num_batches_tracked`` counters (absent from some exporters) are filled with
-    zeros and reported; anything else missing, unexpected or mis-shaped is an error.
+    zeros and reported; anything else missing, unexpected or mis-shaped is an error. ``file_key``
+    gives a renamed format's own name of a canonical key: messages then show both.
     """
+
+    def shown(key: str) -> str:
+        original = file_key(key) if file_key is not None else key
+        return key if original == key else f"{original} (canonical {key})"
+
     expected = _expected_shapes(state_dict, arch, where)
     missing = [k for k in expected if k not in state_dict]
-    unexpected = sorted(k for k in state_dict if k not in expected)
+    unexpected = sorted(shown(k) for k in state_dict if k not in expected)
     misshaped = [
-        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs {arch} {tuple(shape)}"
+        f"{shown(k)}: checkpoint {tuple(state_dict[k].shape)} vs {arch} {tuple(shape)}"
         for k, shape in expected.items()
         if k in state_dict and state_dict[k].shape != shape
     ]
     filled = tuple(k for k in missing if k.endswith(_BN_COUNTER))
-    missing = [k for k in missing if not k.endswith(_BN_COUNTER)]
+    missing = [shown(k) for k in missing if not k.endswith(_BN_COUNTER)]
     if missing or unexpected or misshaped:
         lines = [f"{where} does not match {arch}:"]
         for label, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):

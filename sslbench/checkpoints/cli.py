@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -59,15 +60,18 @@ def checkpoint_from_args(args: argparse.Namespace, path: Path | None = None) -> 
 
     path = path or args.checkpoint
     fmt, key, arch = args.source_format, args.key, args.arch
-    if zoo.is_zoo_name(path):
-        path, entry = zoo.resolve(str(path))
-        fmt, key, arch = fmt or entry.format, key or entry.key, arch or entry.arch
-    return read_checkpoint(path, fmt=fmt, key=key, arch=arch, trust=args.trust_checkpoint)
+    if not zoo.is_zoo_name(path):
+        return read_checkpoint(path, fmt=fmt, key=key, arch=arch, trust=args.trust_checkpoint)
+    path, entry = zoo.resolve(str(path))
+    fmt, key, arch = fmt or entry.format, key or entry.key, arch or entry.arch
+    ckpt = read_checkpoint(path, fmt=fmt, key=key, arch=arch, trust=args.trust_checkpoint)
+    return dataclasses.replace(ckpt, zoo=entry.name)  # the record says which zoo entry it ran
 
 
 def _summary(ckpt: CanonicalCheckpoint) -> dict[str, object]:
     return {
         "path": ckpt.source_path,
+        "zoo": ckpt.zoo,
         "format": ckpt.source_format,
         "container": ckpt.container,
         "key": ckpt.key,
@@ -87,6 +91,8 @@ def run_inspect(args: argparse.Namespace) -> int:
         print(json.dumps(info, indent=2))
         return 0
     print(f"{'path':12s} {info['path']}")
+    if info["zoo"]:
+        print(f"{'zoo':12s} zoo:{info['zoo']}")
     print(f"{'format':12s} {info['format']} (container {info['container']}, entry {info['key'] or '-'})")
     print(f"{'arch':12s} {info['arch']}")
     print(f"{'parameters':12s} {info['parameters']:,} in {info['tensors']} tensors")

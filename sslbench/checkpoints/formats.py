@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from sslbench.checkpoints.detectron2_names import from_detectron2
+from sslbench.checkpoints.torchvision_vit_names import from_torchvision_vit, to_torchvision_vit
 
 SSLBENCH_FORMAT = "sslbench"
 SSLBENCH_FORMAT_VERSION = 1
@@ -44,6 +45,15 @@ def _is_vit_state(obj: Any) -> bool:
     )
 
 
+def _is_torchvision_vit(obj: Any) -> bool:
+    """A torchvision ``VisionTransformer`` state dict (optionally 'module.'-prefixed)."""
+    return (
+        _is_state_dict(obj)
+        and any(k in obj for k in ("class_token", "module.class_token"))
+        and any(k.endswith("encoder.pos_embedding") for k in obj)
+    )
+
+
 @dataclass(frozen=True)
 class Format:
     name: str
@@ -53,6 +63,7 @@ class Format:
     detect: Callable[[Mapping[str, Any]], bool]
     heads: tuple[str, ...] = ()  # canonical-space groups that are heads, dropped (e.g. "fc.")
     rename: Callable[[str], str] | None = None  # applied after prefix removal
+    file_key: Callable[[str], str] | None = None  # inverse of rename: the file's name, for messages
 
 
 FORMATS: dict[str, Format] = {
@@ -136,6 +147,17 @@ FORMATS: dict[str, Format] = {
             ("module.", ""),
             _is_vit_state,
             heads=("head.",),
+        ),
+        Format(
+            "torchvision-vit",
+            "torchvision VisionTransformer (vit_b_16, ...): a plain state dict, renamed to timm's ViT; "
+            "heads dropped",
+            (None,),
+            ("module.", ""),
+            _is_torchvision_vit,
+            heads=("heads.",),
+            rename=from_torchvision_vit,
+            file_key=to_torchvision_vit,
         ),
         Format(
             "torchvision",

@@ -167,6 +167,8 @@ def read_checkpoint(
             continue
         if not isinstance(value, (torch.Tensor, np.ndarray)):
             raise CheckpointError(f"{where}: {name} holds a {type(value).__name__}, not a tensor")
+        if canonical in backbone:  # e.g. torchvision's old and new MLP names for one layer
+            raise CheckpointError(f"{where}: {name} and another key both name {canonical}")
         backbone[canonical] = _as_tensor(value, f"{where}: {name}")
 
     if arch is None:
@@ -181,7 +183,7 @@ def read_checkpoint(
             where += f" [its keys look like {looks_like}]"
     if prefix:
         where += f" after removing the prefix {prefix!r}"
-    backbone, filled = match_backbone(backbone, arch, where)
+    backbone, filled = match_backbone(backbone, arch, where, chosen.file_key)
     check_values(backbone, where)
     others = tuple(str(k) for k in obj if k != entry) if entry else ()
     return CanonicalCheckpoint(

@@ -11,6 +11,7 @@ No torch here: ``sslbench zoo list`` stays fast.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import sys
 import urllib.error
@@ -65,6 +66,21 @@ def table_path() -> tuple[str, Any]:
     return "sslbench/configs/zoo/checkpoints.yaml", shipped
 
 
+def _check_published(label: str, number: dict[str, Any]) -> None:
+    """A published number names a leaderboard column (protocol, dataset, metric), is a finite
+    percentage and says where it is printed."""
+    from sslbench.tools.published import published_key
+
+    try:
+        published_key(number["protocol"], number["dataset"], number["metric"])
+    except ValueError as exc:
+        raise ConfigError(f"{label}: {exc}") from None
+    if not math.isfinite(number["value"]) or not 0 <= number["value"] <= 100:
+        raise ConfigError(f"{label}: value {number['value']!r} is not a percentage in [0, 100]")
+    if not isinstance(number["cite"], str) or not number["cite"].strip():
+        raise ConfigError(f"{label}: cite must name where the number is printed")
+
+
 def _entry(where: str, index: int, raw: Any) -> ZooEntry:
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: checkpoints[{index}] is a {type(raw).__name__}, not a mapping")
@@ -78,11 +94,15 @@ def _entry(where: str, index: int, raw: Any) -> ZooEntry:
     published = raw.get("published") or []
     if not isinstance(published, list):
         raise ConfigError(f"{label}: published must be a list")
-    for number in published:
+    for position, number in enumerate(published):
         absent = [k for k in _PUBLISHED if not isinstance(number, dict) or k not in number]
-        if absent or not isinstance(number["value"], (int, float)):
+        if absent or isinstance(number["value"], bool) or not isinstance(number["value"], (int, float)):
             needs = ", ".join(_PUBLISHED)
             raise ConfigError(f"{label}: each published number needs {needs} (value a number)")
+        _check_published(f"{label}: published[{position}]", number)
+    columns = [(n["protocol"], n["dataset"], n["metric"]) for n in published]
+    if len(set(columns)) < len(columns):
+        raise ConfigError(f"{label}: published lists one protocol, dataset and metric twice")
     sha = raw.get("sha256")
     if sha is not None and (not isinstance(sha, str) or len(sha) != 64):
         raise ConfigError(f"{label}: sha256 must be 64 hex digits")

@@ -26,6 +26,8 @@ POS_EMBED_METHODS = {
     "(DINO vision_transformer.py interpolate_pos_encoding)",
     "size": "bicubic on the patch grid to the new size, align_corners=False, class token kept "
     "(MAE util/pos_embed.py interpolate_pos_embed)",
+    "torchvision": "bicubic on the patch grid to the new size, align_corners=True, class token kept "
+    "(torchvision models/vision_transformer.py interpolate_embeddings)",
 }
 
 
@@ -73,7 +75,8 @@ def resize_pos_embed(pos_embed: torch.Tensor, new_grid: int, method: str) -> tor
 
     ``dino``: bicubic with ``scale_factor=(new + 0.1) / old`` (DINO adds 0.1 against floating-point
     rounding of the output size, which also sets the sampling scale); ``size``: bicubic to the
-    output size (MAE). The same grid is returned unchanged by both.
+    output size (MAE); ``torchvision``: the same with ``align_corners=True``. The same grid is
+    returned unchanged by all three.
     """
     old_grid = pos_embed_grid(pos_embed, "pos_embed")
     if old_grid == new_grid:
@@ -84,8 +87,9 @@ def resize_pos_embed(pos_embed: torch.Tensor, new_grid: int, method: str) -> tor
     if method == "dino":
         scale = (new_grid + 0.1) / old_grid
         grid = F.interpolate(grid, scale_factor=(scale, scale), mode="bicubic", align_corners=False)
-    elif method == "size":
-        grid = F.interpolate(grid, size=(new_grid, new_grid), mode="bicubic", align_corners=False)
+    elif method in ("size", "torchvision"):
+        corners = method == "torchvision"
+        grid = F.interpolate(grid, size=(new_grid, new_grid), mode="bicubic", align_corners=corners)
     else:
         raise ValueError(
             f"unknown position embedding method {method!r}; expected one of {list(POS_EMBED_METHODS)}"
@@ -99,8 +103,8 @@ def resize_pos_embed(pos_embed: torch.Tensor, new_grid: int, method: str) -> tor
 
 
 def pos_embed_method(source_format: str) -> str:
-    """DINO checkpoints resize as DINO's eval code does; every other source as MAE/timm do."""
-    return "dino" if source_format == "dino" else "size"
+    """DINO and torchvision checkpoints resize as their own code does; every other source as MAE/timm do."""
+    return {"dino": "dino", "torchvision-vit": "torchvision"}.get(source_format, "size")
 
 
 def build_vit(arch: str, state_dict: dict[str, torch.Tensor], image_size: int, method: str) -> nn.Module:

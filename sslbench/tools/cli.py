@@ -87,7 +87,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="turn a folder of result.json records into Markdown, CSV and HTML tables",
         description="Read every result.json below RESULTS_DIR: one row per checkpoint (sha256), one column "
         "per dataset/protocol/metric, mean ± std over seeds. Records that disagree on protocol settings "
-        "get separate columns; unreadable records are reported and skipped.",
+        "get separate columns; unreadable records are reported and skipped. A checkpoint read as zoo:NAME "
+        "gets the row 'zoo:NAME (published)' beside its own: the numbers the zoo table cites for it.",
     )
     p.add_argument("results", type=Path, metavar="RESULTS_DIR", help="folder searched for result.json")
     add_out_argument(
@@ -111,7 +112,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--with-published",
         action="store_true",
-        help="add the published reference rows (FT paper, MoCo README; ResNet-50, IN-1k), marked as such",
+        help="add the published reference rows (FT paper, MoCo README; ResNet-50, IN-1k), marked as such. "
+        "A run of a zoo:NAME checkpoint always gets the zoo table's published numbers for that checkpoint "
+        "as the row 'zoo:NAME (published)' beside it, with or without this flag",
     )
     p.add_argument(
         "--all-metrics",

@@ -18,6 +18,11 @@ number of seeds. Rules:
   metric, a malformed time, a NaN seed) is reported by path and skipped; so is anything named
   ``result.json`` that is not a regular file (a FIFO or device is never opened). A record of a failed
   run is listed with its error, never counted.
+* Published numbers are rows marked †, cited under the table, never a column's best, matched to
+  columns by (task, dataset, protocol-name prefix, metric) or given a column of their own. A run
+  of a checkpoint read as ``zoo:NAME`` (its record's ``checkpoint.zoo``) always gets the row
+  ``zoo:NAME (published)`` right after its own, from the zoo table; ``--with-published`` adds the
+  FT paper's rows (:mod:`sslbench.tools.published`).
 * Text from records (labels, dataset and protocol names) is made safe for each output: control
   characters (terminal escapes) are dropped, a newline never splits a Markdown row, and a CSV cell
   that a spreadsheet would run as a formula (starting with ``= + - @``) is prefixed with ``'``.
@@ -39,7 +44,7 @@ import pandas as pd
 
 from sslbench.atomic import write_text
 from sslbench.errors import ConfigError, RecordError
-from sslbench.tools.published import PUBLISHED, SOURCE, PublishedKey
+from sslbench.tools.published import IMAGENET_1K, PUBLISHED, SOURCE, PublishedKey, published_key
 from sslbench.tools.records import RECORD_NAME, ResultRecord, parse_timestamp, read_record
 
 LABELS_NAME = "labels.json"
@@ -57,6 +62,7 @@ TASK_ORDER = ("linear", "knn", "finetune", "detection")
 # detection columns of the MoCo / FT tables (VOC AP50 / AP / AP75; COCO box and mask AP).
 DETECTION_METRICS = ("AP50", "AP", "AP75", "bbox_AP", "segm_AP")
 _METRIC_ORDER = ("top1", "mean_per_class", "top5", *DETECTION_METRICS)
+_COLUMN_FIELDS = ["task", "dataset", "protocol", "metric"]
 
 
 @dataclass(frozen=True)
@@ -105,13 +111,16 @@ class Leaderboard:
     warnings: list[str] = field(default_factory=list)
     skipped: list[Problem] = field(default_factory=list)  # unreadable records
     failed: list[Problem] = field(default_factory=list)  # records of failed runs
+    sources: dict[str, str] = field(default_factory=dict)  # published row -> the note citing it
 
     def cell(self, row: str, column: Column) -> pd.Series | None:
         hit = self.cells[(self.cells["row"] == row) & (self.cells["column"] == column)]
         return None if hit.empty else hit.iloc[0]
 
     def best(self, column: Column) -> float | None:
-        counted = (self.cells["column"] == column) & ~self.cells["row"].isin(self.baseline_rows)
+        """The best run in ``column``: published rows and baselines are never counted."""
+        aside = self.baseline_rows | self.published_rows
+        counted = (self.cells["column"] == column) & ~self.cells["row"].isin(aside)
         values = self.cells.loc[counted, "mean"]
         return None if values.empty else float(values.max())
 
@@ -248,7 +257,7 @@ def dataset_label(dataset: Mapping[str, Any]) -> str:
     class_list = (dataset.get("options") or {}).get("class_list")
     if class_list:
         return f"imagefolder:{Path(class_list).stem}"
-    return "imagenet-1k" if dataset.get("num_classes") == 1000 else name
+    return IMAGENET_1K if dataset.get("num_classes") == 1000 else name
 
 
 def shown_metrics(record: ResultRecord, all_metrics: bool) -> list[str]:
@@ -268,10 +277,14 @@ def _row_labels(
     records: Iterable[ResultRecord], found: Mapping[str, str], given: Mapping[str, str]
 ) -> dict[str, str]:
     """sha256 -> row label: ``given`` (sha prefix or file name), then ``found`` (labels.json), then
-    the file name (with a sha prefix where two checkpoints share a name)."""
+    ``zoo:NAME`` for a checkpoint read by its zoo name, then the file name (with a sha prefix where
+    two checkpoints share a name)."""
     paths: dict[str, str] = {}
+    zoo_names: dict[str, str] = {}
     for record in records:
         paths.setdefault(record.checkpoint["sha256"], str(record.checkpoint.get("path") or ""))
+        if record.checkpoint.get("zoo"):
+            zoo_names.setdefault(record.checkpoint["sha256"], f"zoo:{record.checkpoint['zoo']}")
     for key in given:
         if not any(
             sha.startswith(key.lower()) or Path(p).name == key or p == key for sha, p in paths.items()
@@ -283,7 +296,7 @@ def _row_labels(
             raise ConfigError(f"--label {key}=...: a sha256 prefix needs at least 8 hex digits")
     labels: dict[str, str] = {}
     for sha, path in paths.items():
-        name = Path(path).name or sha[:12]
+        name = zoo_names.get(sha) or Path(path).name or sha[:12]
         chosen = next(
             (v for k, v in given.items() if sha.startswith(k.lower()) or k in (path, Path(path).name)), None
         )
@@ -327,27 +340,34 @@ def _record_rows(
     return rows, identity, digest
 
 
-def build_leaderboard(
-    root: str | Path,
-    labels: Mapping[str, str] | None = None,
-    with_published: bool = False,
-    all_metrics: bool = False,
-    baselines: Sequence[str] = (),
-) -> Leaderboard:
-    """Read every record below ``root`` and aggregate it (see the module docstring); ``baselines``:
-    checkpoints (sha256 prefix or file name) to mark as baselines, beside ``baselines.json``."""
+@dataclass
+class _Runs:
+    """What the records below a folder hold: one long-format row per (record, shown metric)."""
+
+    frame: pd.DataFrame
+    identities: dict[str, dict[str, Any]]  # settings hash -> protocol identity
+    names: dict[str, str]  # sha256 -> row label
+    position: dict[str, int]  # row label -> place in labels.json
+    baseline_rows: set[str]
+    zoo_names: dict[str, str]  # sha256 -> zoo entry the run read it as (zoo:NAME)
+    skipped: list[Problem]
+    failed: list[Problem]
+
+
+def _read_runs(
+    root: str | Path, labels: Mapping[str, str], all_metrics: bool, baselines: Sequence[str]
+) -> _Runs:
+    """Every record, label and baseline below ``root``, as rows to aggregate."""
     loaded, skipped = collect_records(root)
     failed = [Problem(p, printable(r.error or "failed")) for p, r in loaded if r.status == "failed"]
     ok = [(p, r) for p, r in loaded if r.status == "ok" and r.task != "pretrain"]
     found, label_problems = read_labels(root)
     skipped += label_problems
-    names = _row_labels((r for _, r in ok), found, labels or {})
+    names = _row_labels((r for _, r in ok), found, labels)
     # rows in the order of labels.json (the suite's order of checkpoints), then by name
     position = {names[sha]: i for i, sha in enumerate(found) if sha in names}
     baseline_shas = read_baselines(root) | _baseline_shas((r for _, r in ok), baselines)
-    baseline_rows = {names[sha] for sha in baseline_shas if sha in names}
-
-    long_rows, identities = [], {}
+    long_rows, identities, zoo_names = [], {}, {}
     for path, record in ok:
         try:
             rows, identity, digest = _record_rows(path, record, names, all_metrics)
@@ -356,14 +376,24 @@ def build_leaderboard(
             continue
         identities[digest] = identity
         long_rows += rows
-    columns_of = ["task", "dataset", "protocol", "metric"]
+        if record.checkpoint.get("zoo") and rows:
+            zoo_names[record.checkpoint["sha256"]] = record.checkpoint["zoo"]
     frame = pd.DataFrame(
-        long_rows, columns=["sha256", "row", *columns_of, "settings", "seed", "value", "finished_at", "path"]
+        long_rows,
+        columns=["sha256", "row", *_COLUMN_FIELDS, "settings", "seed", "value", "finished_at", "path"],
     )
-    warnings = []
+    baseline_rows = {names[sha] for sha in baseline_shas if sha in names}
+    return _Runs(frame, identities, names, position, baseline_rows, zoo_names, skipped, failed)
 
+
+def _aggregate(
+    frame: pd.DataFrame, identities: Mapping[str, Mapping[str, Any]]
+) -> tuple[pd.DataFrame, list[str]]:
+    """Cells (row, column, mean, std, n) over seeds, the newest record per seed, one column per
+    protocol variant; and the warnings about what was dropped or split."""
+    warnings = []
     # one value per (checkpoint, column, seed): the newest record wins
-    key = ["sha256", *columns_of, "settings", "seed"]
+    key = ["sha256", *_COLUMN_FIELDS, "settings", "seed"]
     frame = frame.sort_values(["finished_at", "path"])
     repeated = frame[frame.duplicated(key, keep=False)]
     for _, group in repeated.groupby(key, sort=True):
@@ -372,10 +402,10 @@ def build_leaderboard(
     frame = frame.drop_duplicates(key, keep="last")
 
     # protocol mismatch: one column per settings hash, never averaged
-    variants = frame.groupby(columns_of)["settings"].nunique()
+    variants = frame.groupby(_COLUMN_FIELDS)["settings"].nunique()
     split = {k for k, n in variants.items() if n > 1}
     for k in sorted(split):
-        hashes = sorted(frame.loc[(frame[columns_of] == list(k)).all(axis=1), "settings"].unique())
+        hashes = sorted(frame.loc[(frame[_COLUMN_FIELDS] == list(k)).all(axis=1), "settings"].unique())
         differ = _differing_settings([identities[h] for h in hashes])
         warnings.append(
             f"{k[1]} {k[2]} {k[3]}: records disagree on the protocol ({', '.join(differ)}); "
@@ -383,7 +413,7 @@ def build_leaderboard(
         )
     frame["column"] = [
         Column(t, d, p, m, s if (t, d, p, m) in split else "")
-        for t, d, p, m, s in frame[[*columns_of, "settings"]].itertuples(index=False)
+        for t, d, p, m, s in frame[[*_COLUMN_FIELDS, "settings"]].itertuples(index=False)
     ]
     cells = (
         frame.groupby(["row", "column"], sort=False)["value"]
@@ -391,30 +421,114 @@ def build_leaderboard(
         .reset_index()
     )
     cells["published"] = False
-    columns = sorted(set(cells["column"]), key=Column.sort_key)
-    rows = sorted(set(cells["row"]), key=lambda r: (position.get(r, len(position)), r))
+    return cells, warnings
 
-    published_rows = set()
-    if with_published:
-        extra = []
-        for label, values in PUBLISHED.items():
-            row = f"{label} (published)"
-            published_rows.add(row)
-            rows.append(row)
-            for pkey, value in values.items():
-                targets = [c for c in columns if c.matches(pkey)]
-                if not targets:
-                    new = Column(pkey.task, pkey.dataset, pkey.protocol, pkey.metric)
-                    targets = [new]
-                    if new not in columns:
-                        columns.append(new)
-                for column in targets:
-                    extra.append({"row": row, "column": column, "mean": value, "std": math.nan, "n": 0})
-        published = pd.DataFrame(extra, columns=["row", "column", "mean", "std", "n"])
-        published["published"] = True
-        cells = pd.concat([cells, published], ignore_index=True)
-        columns.sort(key=Column.sort_key)
-    return Leaderboard(rows, columns, cells, published_rows, baseline_rows, warnings, skipped, failed)
+
+@dataclass(frozen=True)
+class PublishedRow:
+    """Published numbers shown as a row: ``note`` cites them; ``beside``: the run row it follows."""
+
+    label: str
+    values: Mapping[PublishedKey, float]
+    note: str
+    beside: str | None = None
+
+
+def paper_rows() -> list[PublishedRow]:
+    """The FT paper's and MoCo README's reference rows (``--with-published``)."""
+    note = (
+        "Rows marked † are published reference numbers (ResNet-50, ImageNet-1k, 200 epochs), "
+        f"not runs: {SOURCE}."
+    )
+    return [PublishedRow(f"{label} (published)", values, note) for label, values in PUBLISHED.items()]
+
+
+def zoo_rows(zoo_names: Mapping[str, str], names: Mapping[str, str]) -> tuple[list[PublishedRow], list[str]]:
+    """For each run of a zoo:NAME checkpoint, the zoo table's published numbers for it, as the row
+    "zoo:NAME (published)" beside the run's row; and warnings for runs the table cannot vouch for."""
+    if not zoo_names:
+        return [], []
+    from sslbench.checkpoints.zoo import load_table
+
+    table = load_table()
+    rows: dict[str, PublishedRow] = {}
+    warnings = []
+    for sha, name in zoo_names.items():
+        entry = table.get(name)
+        if entry is None or (entry.sha256 is not None and entry.sha256 != sha):
+            why = "is not in the zoo table" if entry is None else "has another sha256 in the zoo table"
+            warnings.append(f"{names[sha]}: its checkpoint zoo:{name} {why}; no published row beside it")
+            continue
+        if name in rows or not entry.published:
+            continue
+        values = {
+            published_key(n["protocol"], n["dataset"], n["metric"]): float(n["value"])
+            for n in entry.published
+        }
+        cites = "; ".join(
+            f"{n['dataset']} {n['protocol']} {n['metric']} {n['value']}: {n['cite']}" for n in entry.published
+        )
+        note = (
+            f"Row zoo:{name} (published) † holds what {entry.source} publishes for the checkpoint of row "
+            f"{names[sha]} ({entry.citation}), not runs: {cites}."
+        )
+        rows[name] = PublishedRow(f"zoo:{name} (published)", values, note, beside=names[sha])
+    return list(rows.values()), warnings
+
+
+def _add_published(
+    rows: list[str], columns: list[Column], cells: pd.DataFrame, published: Sequence[PublishedRow]
+) -> pd.DataFrame:
+    """Insert each published row (after the run it belongs beside, else last) and its values, in
+    every matching column, or in a column of its own where none matches; returns the cells."""
+    extra = []
+    for entry in published:
+        at = rows.index(entry.beside) + 1 if entry.beside in rows else len(rows)
+        rows.insert(at, entry.label)
+        for key, value in entry.values.items():
+            targets = [c for c in columns if c.matches(key)]
+            if not targets:
+                targets = [Column(key.task, key.dataset, key.protocol, key.metric)]
+                columns.append(targets[0])
+            for column in targets:
+                extra.append({"row": entry.label, "column": column, "mean": value, "std": math.nan, "n": 0})
+    if not extra:
+        return cells
+    values = pd.DataFrame(extra, columns=["row", "column", "mean", "std", "n"])
+    values["published"] = True
+    columns.sort(key=Column.sort_key)
+    return pd.concat([cells, values], ignore_index=True)
+
+
+def build_leaderboard(
+    root: str | Path,
+    labels: Mapping[str, str] | None = None,
+    with_published: bool = False,
+    all_metrics: bool = False,
+    baselines: Sequence[str] = (),
+) -> Leaderboard:
+    """Read every record below ``root`` and aggregate it (see the module docstring); ``baselines``:
+    checkpoints (sha256 prefix or file name) to mark as baselines, beside ``baselines.json``. Runs of
+    a zoo:NAME checkpoint always get the zoo table's published row beside them; ``with_published``
+    adds the FT paper's rows."""
+    runs = _read_runs(root, labels or {}, all_metrics, baselines)
+    cells, warnings = _aggregate(runs.frame, runs.identities)
+    columns = sorted(set(cells["column"]), key=Column.sort_key)
+    rows = sorted(set(cells["row"]), key=lambda r: (runs.position.get(r, len(runs.position)), r))
+    published, zoo_warnings = zoo_rows(runs.zoo_names, runs.names)
+    published += paper_rows() if with_published else []
+    cells = _add_published(rows, columns, cells, published)
+    return Leaderboard(
+        rows,
+        columns,
+        cells,
+        published_rows={p.label for p in published},
+        baseline_rows=runs.baseline_rows,
+        warnings=warnings + zoo_warnings,
+        skipped=runs.skipped,
+        failed=runs.failed,
+        sources={p.label: p.note for p in published},
+    )
 
 
 # ---------------------------------------------------------------- rendering
@@ -435,12 +549,14 @@ def _is_best(board: Leaderboard, row: str, column: Column) -> bool:
 
 
 def notes(board: Leaderboard) -> list[tuple[str, str]]:
-    """(kind, text) lines under the table: ``note`` (how to read it) or ``warning``."""
+    """(kind, text) lines under the table: ``note`` (how to read it, and the sources of published
+    rows) or ``warning``."""
+    aside = board.baseline_rows or board.published_rows
     lines = [
         (
             "note",
             "Cells: mean ± sample std over seeds (n = number of seeds; no ± for one seed). "
-            "Best per column in bold" + (" (baselines aside)." if board.baseline_rows else "."),
+            "Best per column in bold" + (" (published rows and baselines aside)." if aside else "."),
         )
     ]
     if board.baseline_rows:
@@ -451,14 +567,9 @@ def notes(board: Leaderboard) -> list[tuple[str, str]]:
                 "protocol on a checkpoint such as a random init.",
             )
         )
-    if board.published_rows:
-        lines.append(
-            (
-                "note",
-                "Rows marked † are published reference numbers (ResNet-50, ImageNet-1k, 200 epochs), "
-                f"not runs: {SOURCE}.",
-            )
-        )
+    lines += [
+        ("note", text) for text in dict.fromkeys(board.sources[r] for r in board.rows if r in board.sources)
+    ]
     lines += [("warning", w) for w in board.warnings]
     lines += [("warning", f"skipped unreadable record {p.path}: {p.message}") for p in board.skipped]
     lines += [("warning", f"failed run {p.path}: {p.message}") for p in board.failed]
@@ -496,10 +607,12 @@ def to_markdown(board: Leaderboard) -> str:
 
 
 def to_frame(board: Leaderboard) -> pd.DataFrame:
-    """The wide table: one row per checkpoint; ``<column> mean``, ``<column> std``, ``<column> n``."""
+    """The wide table: one row per checkpoint (``published``, ``baseline``: what the row is; ``source``:
+    the citation of a published row); ``<column> mean``, ``<column> std``, ``<column> n``."""
     data: dict[str, list[Any]] = {"checkpoint": [csv_safe(row) for row in board.rows]}
     data["published"] = [row in board.published_rows for row in board.rows]
     data["baseline"] = [row in board.baseline_rows for row in board.rows]
+    data["source"] = [csv_safe(board.sources.get(row, "")) for row in board.rows]
     for column in board.columns:
         cells = [board.cell(row, column) for row in board.rows]
         for stat in ("mean", "std", "n"):
@@ -515,7 +628,6 @@ th { background: #f0f0f0; cursor: pointer; user-select: none; }
 th:first-child, td:first-child { text-align: left; }
 td.best { font-weight: bold; background: #e3f4e3; }
 tr.published td { font-style: italic; color: #555; background: #f7f7fb; }
-tr.published td.best { background: #e3ece3; }
 tr.baseline td { color: #555; background: #fafaf2; }
 th .arrow { color: #888; font-size: 11px; }
 li.warning { color: #a15c00; }

@@ -7,7 +7,10 @@ k=20, T=0.07): MoCo v2 200 ep from mmselfsup's model zoo, DINO ResNet-50 from th
 
 Each value is keyed like a leaderboard column: (task, dataset, protocol prefix, metric). A record's
 column matches when task, dataset and metric are equal and its protocol name starts with the prefix
-(so ``linear-sgd``, MoCo's protocol, never sits beside an L-BFGS probe).
+(so ``linear-sgd``, MoCo's protocol, never sits beside an L-BFGS probe). The zoo table's published
+numbers (``sslbench/configs/zoo/checkpoints.yaml``) use the same keys: :func:`published_key` checks
+their names against :data:`PROTOCOLS`, the leaderboard's dataset names and :data:`METRICS` when the
+table loads.
 """
 
 from __future__ import annotations
@@ -15,6 +18,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 SOURCE = "Zhu et al. ICCV 2021 (FT) and the MoCo README; kNN: mmselfsup (MoCo v2), DINO README (DINO RN50)"
+IMAGENET_1K = "imagenet-1k"  # the leaderboard's column name for ImageNet-1k (an ImageFolder of 1000 classes)
+METRICS = ("top1", "top5", "mean_per_class")  # what evaluate/metrics.py reports for a probe
+
+# Protocol names a published number may carry (the zoo table's ``protocol``): the record protocol
+# names of sslbench's commands, and recipes sslbench does not run, whose numbers then get columns
+# of their own and never sit beside a run of another recipe. name -> (record task, what it is).
+PROTOCOLS: dict[str, tuple[str, str]] = {
+    "knn": ("knn", "sslbench knn (DINO eval_knn.py; primary k=20, T=0.07)"),
+    "linear-lbfgs": ("linear", "sslbench linear --protocol lbfgs (ssl-transfer)"),
+    "linear-sgd": ("linear", "sslbench linear --protocol sgd (MoCo main_lincls.py)"),
+    "linear-dino": ("linear", "sslbench linear --protocol dino (DINO eval_linear.py)"),
+    "linear-mae": ("linear", "sslbench linear --protocol mae (MAE main_linprobe.py)"),
+    "finetune-ssl-transfer-ce": ("finetune", "sslbench finetune (ssl-transfer grid)"),
+    "finetune-mae-ce": ("finetune", "sslbench finetune --config mae (MAE main_finetune.py)"),
+    "linear-mocov3": ("linear", "MoCo v3 main_lincls.py (SGD, batch 1024, 90 epochs): not run by sslbench"),
+    "finetune-deit": ("finetune", "DeiT main.py fine-tuning, as MoCo v3 reports it: not run by sslbench"),
+}
 
 
 @dataclass(frozen=True)
@@ -25,8 +45,24 @@ class PublishedKey:
     metric: str
 
 
-IN1K_LINEAR = PublishedKey("linear", "imagenet-1k", "linear-sgd", "top1")
-IN1K_KNN = PublishedKey("knn", "imagenet-1k", "knn", "top1")
+def published_key(protocol: str, dataset: str, metric: str) -> PublishedKey:
+    """The column key of a published number named by protocol, dataset and metric; ValueError (naming
+    the field and what is accepted) when one is not a name the leaderboard's columns use."""
+    from sslbench.data.registry import DATASETS
+
+    datasets = sorted({IMAGENET_1K, *(name for name in DATASETS if name != "imagefolder")})
+    for field, value, known in (
+        ("protocol", protocol, list(PROTOCOLS)),
+        ("dataset", dataset, datasets),
+        ("metric", metric, list(METRICS)),
+    ):
+        if value not in known:
+            raise ValueError(f"{field} {value!r} is not one of {', '.join(known)}")
+    return PublishedKey(PROTOCOLS[protocol][0], dataset, protocol, metric)
+
+
+IN1K_LINEAR = PublishedKey("linear", IMAGENET_1K, "linear-sgd", "top1")
+IN1K_KNN = PublishedKey("knn", IMAGENET_1K, "knn", "top1")
 INAT = PublishedKey("finetune", "inat18", "finetune", "top1")
 CUB = PublishedKey("finetune", "cub200", "finetune", "top1")
 AIRCRAFT = PublishedKey("finetune", "aircraft", "finetune", "top1")

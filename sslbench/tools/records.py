@@ -7,7 +7,7 @@ Schema version 1 (accuracies and APs in percent)::
     protocol         {"name": str, "source": str, "settings": {...}}   full settings, as run
     dataset          {"name": str, "root": str|null, "split": str, ...}
     metrics          {name: float}      finite, in [0, 100]            e.g. top1, top5, mean_per_class
-    checkpoint       {"path", "sha256", "format", "key", "arch"}
+    checkpoint       {"path", "sha256", "format", "key", "arch"}, and "zoo" (the entry's name) for zoo:NAME
     seed             int
     software         {"sslbench", "git", "python", "torch", "cuda", "gpu"}     optional
     started_at, finished_at   ISO 8601 UTC, or null                            optional
@@ -148,6 +148,8 @@ class ResultRecord:
             problems.append("checkpoint needs a 'sha256'")
         elif not isinstance(self.checkpoint.get("path") or "", str):
             problems.append("checkpoint.path must be a string")
+        elif not isinstance(self.checkpoint.get("zoo", ""), str):
+            problems.append("checkpoint.zoo must be a zoo entry's name (a string)")
         problems += _metric_problems(self.metrics)
         if self.status not in ("ok", "failed"):
             problems.append(f"status {self.status!r} is not ok|failed")
