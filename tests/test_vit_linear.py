@@ -377,7 +377,7 @@ def test_linear_bad_values_are_one_line_and_write_nothing(
         _linear(dino, cub, out, "dino", "--n-last-blocks", "2", "--avgpool-patchtokens"),
         "avgpool_patchtokens needs n_last_blocks 1",
     )
-    refused(capsys, _linear(resnet, cub, out, "dino"), "--protocol dino on a ResNet", "--protocol sgd")
+    refused(capsys, _linear(resnet, cub, out, "dino", "--n-last-blocks", "1"), "on a ResNet", "for ViTs")
     refused(capsys, _linear(resnet, cub, out, "mae"), "--protocol mae on a ResNet")
     refused(capsys, _linear(dino, cub, out, "sgd"), "--protocol dino", "--protocol mae")
     for protocol in ("dino", "mae"):
@@ -404,3 +404,16 @@ def test_another_recipe_in_the_same_out_is_refused_by_name_even_where_changes_ar
     refused(capsys, dino, str(state), "protocol 'linear-mae' -> 'linear-dino'")
     refused(capsys, [*dino, "--allow-config-change"], str(state), "does not fit this probe")
     assert state.read_bytes() == before
+
+
+def test_dino_on_a_resnet_trains_on_its_pooled_feature_as_eval_linear_does_for_torchvision_archs(
+    cub: Path, tmp_path: Path
+) -> None:
+    resnet = small_checkpoint(tmp_path / "resnet.pth")
+    assert main(_linear(resnet, cub, tmp_path / "o", "dino", "--epochs", "1")) == 0
+    record = read_record(tmp_path / "o" / "result.json")
+    settings = record.protocol["settings"]
+    assert record.protocol["name"] == "linear-dino" and record.checkpoint["arch"] == "resnet18_small_stem"
+    assert settings["n_last_blocks"] is None and settings["avgpool_patchtokens"] is None
+    assert "fc = Identity" in settings["features"] and settings["feature_dim"] == 512
+    assert "CosineAnnealingLR" in settings["schedule"] and record.extra["features"]["test"]["dim"] == 512

@@ -40,6 +40,10 @@ from sslbench.runtime.arguments import add_runtime_arguments
 KNN_SOURCE = "DINO eval_knn.py (Caron et al. 2021); k=200, T=0.1 from InstDisc (Wu et al. 2018)"
 LBFGS_SOURCE = "ssl-transfer linear.py (Ericsson et al. CVPR 2021)"
 WD_TEXT = "-6, 5"
+DINO_RESNET_FEATURE = (
+    "avgpool of the canonical backbone (DINO eval_linear.py on torchvision archs: fc = Identity), frozen, "
+    "eval mode"
+)
 MAE_FEATURE = (
     "CLS token after the final LayerNorm (MAE main_linprobe's default: global_pool off), frozen, eval mode"
 )
@@ -272,6 +276,7 @@ def _linear_recipe(args: argparse.Namespace, arch: str) -> Any:
     """The recipe of ``--protocol sgd|dino|mae`` from the options (defaults already resolved)."""
     from sslbench.evaluate.linear_recipes import DinoLinearRecipe, MaeLinearRecipe, MocoLinearRecipe
     from sslbench.evaluate.protocol_defaults import DinoLinearSettings, MaeLinearSettings
+    from sslbench.models.vit_archs import is_vit_arch
 
     common = {
         "epochs": args.epochs,
@@ -283,7 +288,7 @@ def _linear_recipe(args: argparse.Namespace, arch: str) -> Any:
     if args.protocol == "sgd":
         return MocoLinearRecipe(SgdSettings(lr=args.lr, milestones=tuple(args.milestones), **common))
     if args.protocol == "dino":
-        n_last, avgpool = _dino_layout(args, arch)
+        n_last, avgpool = _dino_layout(args, arch) if is_vit_arch(arch) else _dino_resnet(args, arch)
         return DinoLinearRecipe(
             DinoLinearSettings(
                 base_lr=args.base_lr,
@@ -296,6 +301,16 @@ def _linear_recipe(args: argparse.Namespace, arch: str) -> Any:
     return MaeLinearRecipe(
         MaeLinearSettings(base_lr=args.base_lr, lr=args.lr, warmup_epochs=args.warmup_epochs, **common)
     )
+
+
+def _dino_resnet(args: argparse.Namespace, arch: str) -> tuple[None, None]:
+    """DINO eval_linear.py on a torchvision ResNet: ``fc = Identity``, the pooled feature; no blocks."""
+    if args.n_last_blocks is not None or args.avgpool_patchtokens is not None:
+        raise ConfigError(
+            f"--n-last-blocks / --avgpool-patchtokens on a ResNet ({arch}): DINO's eval_linear.py reads a "
+            "ResNet's pooled feature; they are for ViTs"
+        )
+    return None, None
 
 
 def _dino_layout(args: argparse.Namespace, arch: str) -> tuple[int, bool]:
@@ -326,6 +341,9 @@ def _linear_features(args: argparse.Namespace, run: _Run, recipe: Any) -> tuple[
     backbone = run.model()
     if args.protocol == "sgd":
         return backbone, feature_width(run.ckpt.arch), None, {}
+    if args.protocol == "dino" and recipe.settings.n_last_blocks is None:  # a ResNet
+        record = {"features": DINO_RESNET_FEATURE, "feature_dim": feature_width(run.ckpt.arch)}
+        return backbone, feature_width(run.ckpt.arch), None, record
     if args.protocol == "mae":
         record = {"features": MAE_FEATURE, "feature_dim": feature_width(run.ckpt.arch)}
         return backbone, feature_width(run.ckpt.arch), None, record
@@ -447,7 +465,7 @@ def _head_metrics(head: Any, test: Any) -> dict[str, float]:
 
 
 def refuse_protocol_for_arch(protocol: str, arch: str) -> None:
-    """MoCo's SGD recipe is a ResNet recipe; DINO's and MAE's read ViT tokens."""
+    """MoCo's SGD recipe is a ResNet recipe, MAE's a ViT one; DINO's eval_linear.py reads both."""
     from sslbench.models.vit_archs import is_vit_arch
 
     if protocol == "sgd" and is_vit_arch(arch):
@@ -455,10 +473,10 @@ def refuse_protocol_for_arch(protocol: str, arch: str) -> None:
             f"linear --protocol sgd on a ViT ({arch}): MoCo's ResNet recipe does not apply; use --protocol "
             "dino (DINO eval_linear.py) or --protocol mae (MAE main_linprobe.py), or lbfgs"
         )
-    if protocol in ("dino", "mae") and not is_vit_arch(arch):
+    if protocol == "mae" and not is_vit_arch(arch):
         raise ConfigError(
-            f"linear --protocol {protocol} on a ResNet ({arch}): {protocol.upper()}'s linear recipe is "
-            "for ViT checkpoints; use --protocol sgd (MoCo main_lincls.py) or lbfgs"
+            f"linear --protocol mae on a ResNet ({arch}): MAE's linear recipe is for ViT checkpoints; use "
+            "--protocol sgd (MoCo main_lincls.py), dino (DINO eval_linear.py) or lbfgs"
         )
 
 
@@ -584,8 +602,8 @@ def _register_linear(subparsers: argparse._SubParsersAction) -> None:
         "--protocol",
         choices=("lbfgs", "sgd", "dino", "mae"),
         required=True,
-        help="lbfgs (ssl-transfer), sgd (MoCo main_lincls, ResNets), dino (DINO eval_linear, ViTs), "
-        "mae (MAE main_linprobe, ViTs)",
+        help="lbfgs (ssl-transfer), sgd (MoCo main_lincls, ResNets), dino (DINO eval_linear, ViTs and "
+        "ResNets), mae (MAE main_linprobe, ViTs)",
     )
     g = p.add_argument_group("lbfgs (ssl-transfer)")
     g.add_argument(

@@ -54,7 +54,9 @@ class DinoLinearSettings:
     128 images per GPU (one process: the global batch; the README's 8 GPUs make 1024), 100 epochs,
     SGD momentum 0.9 with weight decay 0, CosineAnnealingLR(epochs, eta_min=0) stepped per epoch,
     RandomResizedCrop (bilinear, torchvision's scale 0.08-1) + flip. ``lr``: an absolute lr that
-    replaces the scaling rule (None: base lr x batch / 256, as DINO computes it)."""
+    replaces the scaling rule (None: base lr x batch / 256, as DINO computes it). On a ResNet
+    (eval_linear.py's torchvision path, ``fc = Identity``) the feature is the pooled one and the
+    block layout is None."""
 
     epochs: int = 100
     base_lr: float = 0.001
@@ -62,8 +64,8 @@ class DinoLinearSettings:
     batch_size: int = 128
     momentum: float = 0.9
     weight_decay: float = 0.0
-    n_last_blocks: int = 4
-    avgpool_patchtokens: bool = False
+    n_last_blocks: int | None = 4  # None on a ResNet: eval_linear.py reads its pooled feature
+    avgpool_patchtokens: bool | None = False
     crop_scale: tuple[float, float] = (0.08, 1.0)
     seed: int = 0
 
