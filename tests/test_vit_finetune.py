@@ -450,3 +450,27 @@ def test_torchrun_ddp_runs_the_mae_recipe_on_two_ranks(
     assert done.returncode == 0, done.stderr[-2000:]
     record = read_record(out / "result.json")
     assert record.protocol["settings"]["world_size"] == 2 and record.protocol["name"] == "finetune-mae-ce"
+
+
+def test_coretuning_runs_on_a_vit_over_its_cls_feature(
+    files: dict[str, Path], cub: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "core"
+    assert main(_argv(files["dino"], cub, out, "--method", "coretuning", "--lr", "0.01", "--wd", "0")) == 0
+    record = read_record(out / "result.json")
+    assert record.protocol["name"] == "finetune-ssl-transfer-coretuning"
+    assert record.extra["history"][-1]["contrastive"] > 0
+    stored = torch.load(out / "best.pth", weights_only=True)["model"]
+    assert stored["contrast_head.output.weight"].shape == (256, WIDTH) and "classifier.bias" not in stored
+
+
+@pytest.mark.gpu
+def test_cuda_runs_the_mae_recipe_with_bf16_autocast(
+    files: dict[str, Path], cub: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "gpu"
+    argv = _argv(files["mae"], cub, out, *MAE_SMALL)
+    argv[argv.index("--device") + 1] = "cuda"
+    assert main(argv) == 0
+    settings = read_record(out / "result.json").protocol["settings"]
+    assert settings["precision"] == "bf16-autocast" and settings["device"].startswith("cuda")
