@@ -312,7 +312,7 @@ class FinetuneModel(nn.Module):
         }
 
 
-def initial_backbone(ckpt: CanonicalCheckpoint, options: ModelOptions) -> dict[str, torch.Tensor]:
+def reference_backbone(ckpt: CanonicalCheckpoint, options: ModelOptions) -> dict[str, torch.Tensor]:
     """The tensors the backbone must hold at step 0: the checkpoint's, a ViT's position embeddings
     resized to ``options.image_size`` as its source's eval code does (what the model loaded)."""
     if not is_vit_arch(ckpt.arch):

@@ -23,6 +23,7 @@ from sslbench.run_folder import refuse_previous_run
 from sslbench.runtime.arguments import add_runtime_arguments
 
 if TYPE_CHECKING:  # annotations only: the command's module stays light for --help
+    from sslbench.checkpoints.canonical import CanonicalCheckpoint
     from sslbench.evaluate.finetune_grid import FinetuneConfig, Outcome, Protocol, Splits
     from sslbench.tools.records import ResultRecord
 
@@ -177,7 +178,9 @@ def _recipe_record(protocol: Protocol, outcome: Outcome) -> dict[str, Any]:
     return record
 
 
-def _check_recipe(config: FinetuneConfig, ckpt: Any, splits: Splits, world: int, seed: int) -> None:
+def _check_recipe(
+    config: FinetuneConfig, ckpt: CanonicalCheckpoint, splits: Splits, world: int, seed: int
+) -> None:
     """Refuse, before anything is written, what the backbone or the splits cannot run."""
     from sslbench.models.backbones import check_image_size
     from sslbench.models.vit_archs import is_vit_arch

@@ -43,7 +43,7 @@ from sslbench.evaluate.finetune import (
     build_finetune_model,
     evaluate,
     finetune,
-    initial_backbone,
+    reference_backbone,
     save_finetuned,
 )
 from sslbench.options import MAX_IMAGE_SIZE
@@ -354,7 +354,7 @@ def _run_point(
         protocol.device,
         state_path=folder / "state.pth",
         fingerprint=fingerprint,
-        initial_backbone=initial_backbone(protocol.ckpt, options),
+        initial_backbone=reference_backbone(protocol.ckpt, options),
         on_step=protocol.on_step,
         workers=protocol.workers,
         runtime=protocol.runtime,
