@@ -13,6 +13,7 @@ to show what bf16 + channels_last buys (``--fp32`` forces it elsewhere too).
 
     python benchmarks/extraction.py                 # CUDA: ResNet-50, 224 px, 512 images
     python benchmarks/extraction.py --images 64     # CPU default: small-stem ResNet-18, 64 px
+    python benchmarks/extraction.py --arch vit_base_patch16   # the canonical timm ViT (random weights)
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from sslbench.data.registry import build_dataset
 from sslbench.data.transforms import eval_transform
 from sslbench.evaluate.features import extract_split
 from sslbench.models.resnet import build_backbone
+from sslbench.models.vit import build_vit, vit_shapes
+from sslbench.models.vit_archs import is_vit_arch, parse_vit_arch
 from sslbench.runtime.precision import Precision
 from sslbench.runtime.process import Runtime
 
@@ -55,6 +58,16 @@ def bare_forward(model: torch.nn.Module, batches: list[torch.Tensor], precision:
     return sum(len(b) for b in batches) / (time.perf_counter() - start)
 
 
+def build_model(arch: str, size: int) -> torch.nn.Module:
+    """The backbone every probe runs: a torchvision ResNet, or the canonical ViT (CLS output) built the
+    way checkpoints are read, from a state dict (random weights here)."""
+    if not is_vit_arch(arch):
+        return build_backbone(arch)
+    grid = size // parse_vit_arch(arch).patch
+    state = {name: 0.02 * torch.randn(shape) for name, shape in vit_shapes(arch, grid).items()}
+    return build_vit(arch, state, size, "size")
+
+
 def main() -> None:
     cuda = torch.cuda.is_available()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -69,7 +82,7 @@ def main() -> None:
     runtime = Runtime(device=device)
     precision = Precision(device)
     torch.manual_seed(0)
-    model = build_backbone(args.arch)
+    model = build_model(args.arch, args.size)
     with tempfile.TemporaryDirectory() as tmp:
         per_class = max(1, round(args.images * 1.5 / 10))  # a third of each class goes to val
         # JPEGs a little larger than the crop, so that Resize does real work

@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # One prepared check for a machine with CUDA (issue 13): every `gpu`-marked test, the GPU benchmarks
-# and, with two or more GPUs, a 2-process DDP smoke run; then one table. Budget: under 10 minutes
-# (each step has its own time limit; the limits add up to 9.5 minutes).
+# and, with two or more GPUs, a 2-process DDP smoke run; then one table. Budget: under 10 minutes on
+# one GPU (each step has its own time limit; they add up to 8.75 minutes, 12.75 with the DDP steps).
 #
 #   bash benchmarks/gpu_check.sh            # from the repository root or anywhere
 #   GPU_CHECK_LOG=DIR bash benchmarks/gpu_check.sh   # keep the per-step logs in DIR
 #
 # Steps: pytest -m gpu; pretrain step plain vs FT (ResNet-50, 224 px, bf16 + channels_last);
 # kNN with the faiss GPU index vs torch; extraction images/s (whole data path vs bare forward, and
-# bf16 + channels_last vs fp32); DDP smoke (pretrain and kNN under torchrun on 2 GPUs).
+# bf16 + channels_last vs fp32; ResNet-50 and ViT-B/16); DDP smoke (pretrain and kNN under torchrun on 2 GPUs).
 # Issue 17's two suspicions: split-bn (does SplitBatchNorm2d copy channels_last inputs, and its cost
 # against BatchNorm2d) and, on 2 GPUs, gather-layout (does the key gather into empty_like buffers
 # return exact images under NCCL, channels_last included).
@@ -50,6 +50,8 @@ step knn-faiss-gpu 90 'ours / torch|^  ours' \
     python benchmarks/knn.py --gpu --methods ours torch
 step extraction 90 '^(extraction|forward)' \
     python benchmarks/extraction.py
+step extraction-vit 45 '^(extraction|forward)' \
+    python benchmarks/extraction.py --arch vit_base_patch16
 step split-bn 60 'median over shapes' \
     python benchmarks/split_bn_layout.py
 if [ "$GPUS" -ge 2 ]; then

@@ -537,6 +537,7 @@ tasks:
     assert "suite progress: 1/1 jobs done" in stdout
 
     [job_log] = cluster.glob("submitit/*/*_0_log.out")
+    assert not (cluster / "submitit" / "%j").exists()  # submitit's staging folder is not left behind
     text = job_log.read_text()
     assert "this job is preempted" in text and "Requeued job" in text
     assert text.count("Starting with JobEnvironment") == 2  # the first attempt and the requeued one
@@ -566,3 +567,53 @@ def test_the_suite_eta_is_the_mean_job_time_times_the_jobs_left_or_once_when_the
     assert "2 running, 2 to go; elapsed 0:01:40; ETA 0:00:50 (side by side" in progress.line(
         2, side_by_side=True
     )
+
+
+# ---------------------------------------------------------------- tasks for one family of checkpoints
+
+
+def test_a_task_for_one_family_runs_only_on_checkpoints_of_that_family(
+    setup: tuple[Path, Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A ResNet and a ViT through one suite: the ViT-only task skips the ResNet (and the other way
+    round) with a line saying why, no record; the family-free task runs on both."""
+    from vit_sources import timm_file, tiny_vit
+
+    checkpoint, data, _ = setup
+    vit = tmp_path / "vit.pth"
+    torch.save(timm_file(tiny_vit()), vit)
+    knn = '{image-size: 32, batch-size: 16, workers: 0, knn: ["5:0.07"], primary: "5:0.07"}'
+    suite_file = tmp_path / "families.yaml"
+    suite_file.write_text(
+        f"""
+tasks:
+  - {{name: knn-any, task: knn, dataset: cub200, root: {data}, options: {knn}}}
+  - {{name: knn-vit, task: knn, dataset: cub200, root: {data}, family: vit, options: {knn}}}
+  - {{name: knn-resnet, task: knn, dataset: cub200, root: {data}, family: resnet, options: {knn}}}
+"""
+    )
+    out = tmp_path / "results"
+    assert main(["suite", str(checkpoint), str(vit), "--suite", str(suite_file), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "suite: 4 ran, 0 already done, 0 failed, 2 not applicable to their checkpoint" in printed
+    assert "not applicable, skipped: knn-vit is for vit checkpoints and resnet18.pth is a resnet" in printed
+    assert "not applicable, skipped: knn-resnet is for resnet checkpoints and vit.pth is a vit" in printed
+    ran = sorted(
+        (record.parent.parent.name.rsplit("-", 1)[0], read_record(record).checkpoint["arch"][:3])
+        for record in out.rglob("result.json")
+    )
+    assert ran == [("knn-any", "res"), ("knn-any", "vit"), ("knn-resnet", "res"), ("knn-vit", "vit")]
+
+
+def test_an_unknown_task_family_is_one_line_before_anything_runs(
+    setup: tuple[Path, Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    checkpoint, data, _ = setup
+    suite_file = tmp_path / "bad.yaml"
+    task = f"{{name: k, task: knn, dataset: cub200, root: {data}, family: vits}}"
+    suite_file.write_text(f"tasks:\n  - {task}\n")
+    out = tmp_path / "results"
+    assert main(["suite", str(checkpoint), "--suite", str(suite_file), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "family 'vits' is not one of any, resnet, vit" in err
+    assert not out.exists()

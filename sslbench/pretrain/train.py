@@ -150,6 +150,29 @@ class Trainer:
         self.global_step = 0
         self.config_changes: list[dict[str, Any]] = []  # allowed changes on resume, with their step
 
+    def step(self, model: torch.nn.Module, im_q: torch.Tensor, im_k: torch.Tensor) -> None:
+        """One optimisation step of ``model`` (the MoCo model, DDP-wrapped under torchrun) on a batch
+        of query and key views; its score statistics join the open interval."""
+        cfg, precision = self.cfg, self.precision
+        every = cfg.collapse.feature_every  # backbone features measured on steps N, 2N, ... (1-based)
+        labels = torch.zeros(len(im_q), dtype=torch.long, device=self.runtime.device)  # the positive: 0
+        with precision.autocast():
+            output = model(
+                precision.images(im_q),
+                precision.images(im_k),
+                apply_ft=self.epoch >= cfg.ft.start_epoch,
+                measure_features=bool(every and (self.global_step + 1) % every == 0),
+            )
+        loss = F.cross_entropy(output.logits, labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.scores.add(
+            loss, output.stats_before_ft, output.stats_after_ft, output.output_std, output.feature_std
+        )
+        self.global_step += 1
+        self.step_in_epoch += 1
+
     def state(self) -> dict[str, Any]:
         config = config_to_dict(self.cfg)
         return {
@@ -278,6 +301,67 @@ def _epoch_loader(
     )
 
 
+class RunLog:
+    """What a run reports as it goes: the score rows (``scores.csv``, ``metrics.jsonl``, TensorBoard),
+    the collapse alarm that watches them, the online kNN monitor and the progress line."""
+
+    def __init__(
+        self, trainer: Trainer, monitor: KnnMonitor | None, steps_per_epoch: int, tensorboard: bool
+    ) -> None:
+        cfg, runtime = trainer.cfg, trainer.runtime
+        self.trainer, self.cfg, self.main, self.monitor = trainer, cfg, runtime.main, monitor
+        self.metrics = MetricsLog(trainer.out, runtime.main, tensorboard)
+        self.progress = Progress(
+            cfg.epochs * steps_per_epoch,
+            "pretrain",
+            trainer.global_step,
+            images_per_step=cfg.batch_size,
+            enabled=runtime.main,
+        )
+
+    def row(self, epoch: int, lr: float) -> None:
+        """Close the open score interval into a row; raises :class:`PretrainingCollapsed` (after
+        saving) when the alarm fires with ``stop_on_collapse``."""
+        trainer = self.trainer
+        row = trainer.scores.flush()  # the same values on every rank: the alarm agrees across ranks
+        alarm = trainer.alarm.observe(trainer.global_step, row)
+        if self.main:
+            values = {"step": trainer.global_step, "epoch": epoch, "lr": lr, **row}
+            values["collapse_alarm"] = int(alarm is not None)
+            trainer.table.append(values)
+            self.metrics.write(
+                "pretrain", trainer.global_step, **{k: v for k, v in values.items() if k != "step"}
+            )
+        self.progress.note(loss=row["loss"], output_std=row["output_std"])
+        if alarm is None:
+            return
+        if self.main:
+            if self.progress.bar is not None:  # a line of its own above the bar
+                self.progress.bar.write(warning_line(alarm), file=sys.stderr)
+            else:
+                print(warning_line(alarm), file=sys.stderr, flush=True)
+            write_text(trainer.out / "config.yaml", trainer.config_yaml())
+        if self.cfg.stop_on_collapse:
+            self.close()
+            trainer.save()
+            raise PretrainingCollapsed(trainer.checkpoint_path, alarm)
+
+    def end_of_epoch(self, epoch: int) -> None:
+        """The online kNN monitor's row, every ``monitor.every`` epochs."""
+        trainer = self.trainer
+        if self.monitor is None or trainer.epoch % self.cfg.monitor.every:
+            return
+        top1 = self.monitor.top1(trainer.model.backbone_q, trainer.runtime)
+        if top1 is not None:
+            trainer.table.append({"step": trainer.global_step, "epoch": epoch, "knn_top1": top1})
+            self.metrics.write("pretrain", trainer.global_step, epoch=epoch, knn_top1=top1)
+            self.progress.note(knn_top1=top1)
+
+    def close(self) -> None:
+        self.progress.close()
+        self.metrics.close()
+
+
 def _train(
     cfg: PretrainConfig,
     runtime: Runtime,
@@ -304,92 +388,31 @@ def _train(
 
     # The queue is identical on every rank (same seed, gathered keys): no per-step buffer broadcast.
     model = runtime.wrap(trainer.model, broadcast_buffers=False)
-    precision = trainer.precision
-    labels = torch.zeros(cfg.batch_size // runtime.world, dtype=torch.long, device=runtime.device)
-    metrics = MetricsLog(trainer.out, runtime.main, tensorboard)
-    progress = Progress(
-        cfg.epochs * steps_per_epoch,
-        "pretrain",
-        trainer.global_step,
-        images_per_step=cfg.batch_size,
-        enabled=runtime.main,
-    )
-
-    def log_row(epoch: int, lr: float) -> None:
-        row = trainer.scores.flush()  # the same values on every rank: the alarm agrees across ranks
-        alarm = trainer.alarm.observe(trainer.global_step, row)
-        if runtime.main:
-            values = {"step": trainer.global_step, "epoch": epoch, "lr": lr, **row}
-            values["collapse_alarm"] = int(alarm is not None)
-            trainer.table.append(values)
-            metrics.write("pretrain", trainer.global_step, **{k: v for k, v in values.items() if k != "step"})
-        progress.note(loss=row["loss"], output_std=row["output_std"])
-        if alarm is None:
-            return
-        if runtime.main:
-            if progress.bar is not None:  # a line of its own above the bar
-                progress.bar.write(warning_line(alarm), file=sys.stderr)
-            else:
-                print(warning_line(alarm), file=sys.stderr, flush=True)
-            write_text(trainer.out / "config.yaml", trainer.config_yaml())
-        if cfg.stop_on_collapse:
-            progress.close()
-            trainer.save()
-            metrics.close()
-            raise PretrainingCollapsed(trainer.checkpoint_path, alarm)
-
-    def log_monitor(epoch: int) -> None:
-        assert monitor is not None
-        top1 = monitor.top1(trainer.model.backbone_q, runtime)
-        if top1 is not None:
-            values = {"step": trainer.global_step, "epoch": epoch, "knn_top1": top1}
-            trainer.table.append(values)
-            metrics.write("pretrain", trainer.global_step, epoch=epoch, knn_top1=top1)
-            progress.note(knn_top1=top1)
-
-    every = cfg.collapse.feature_every  # backbone features measured on steps N, 2N, ... (1-based)
+    log = RunLog(trainer, monitor, steps_per_epoch, tensorboard)
     with catch_stop_signals() as stop:
         while trainer.epoch < cfg.epochs:
             epoch = trainer.epoch
             lr = learning_rate(cfg, epoch)
             for group in trainer.optimizer.param_groups:
                 group["lr"] = lr
-            loader = _epoch_loader(views, cfg, runtime, epoch, trainer.step_in_epoch)
-            for im_q, im_k in loader:
-                with precision.autocast():
-                    output = model(
-                        precision.images(im_q),
-                        precision.images(im_k),
-                        apply_ft=epoch >= cfg.ft.start_epoch,
-                        measure_features=bool(every and (trainer.global_step + 1) % every == 0),
-                    )
-                loss = F.cross_entropy(output.logits, labels)
-                trainer.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                trainer.optimizer.step()
-                trainer.scores.add(
-                    loss, output.stats_before_ft, output.stats_after_ft, output.output_std, output.feature_std
-                )
-                trainer.global_step += 1
-                trainer.step_in_epoch += 1
-                progress.update()
+            for im_q, im_k in _epoch_loader(views, cfg, runtime, epoch, trainer.step_in_epoch):
+                trainer.step(model, im_q, im_k)
+                log.progress.update()
                 logged = trainer.global_step % cfg.log_every == 0
                 if logged:
-                    log_row(epoch, lr)
+                    log.row(epoch, lr)
                 if step_callback is not None:
                     step_callback(trainer.global_step)
                 if stop.requested(runtime, at_sync_point=logged):
-                    progress.close()
+                    log.progress.close()
                     trainer.save()
                     raise PretrainingInterrupted(trainer.checkpoint_path, epoch, trainer.global_step)
             trainer.epoch += 1
             trainer.step_in_epoch = 0
             if trainer.epoch == cfg.epochs and trainer.scores.steps:
-                log_row(epoch, lr)
-            if monitor is not None and trainer.epoch % cfg.monitor.every == 0:
-                log_monitor(epoch)
+                log.row(epoch, lr)
+            log.end_of_epoch(epoch)
             if trainer.epoch % cfg.checkpoint_every == 0 or trainer.epoch == cfg.epochs:
                 trainer.save()
-    progress.close()
-    metrics.close()
+    log.close()
     return trainer.checkpoint_path

@@ -26,12 +26,16 @@ no record to refuse and the failure stays readable (:mod:`sslbench.tools.suite_l
 
 A task may ask for ``gpus: N`` processes on each of ``nodes: M`` machines: locally through torchrun,
 under submitit as one job of N tasks per node that requeues itself (:mod:`sslbench.tools.suite_launch`).
+A task of ``family: resnet`` or ``vit`` runs only on checkpoints that read as that family (MoCo's
+SGD probe and detection are ResNet protocols); on the others it is skipped with a line and no record.
+
 The number of processes is part of the task's settings (fine-tuning's batch-norm statistics are per
 process), so it enters the spec hash when it is not 1.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -63,6 +67,7 @@ TASK_COMMANDS = {"knn": "knn", "linear": "linear", "finetune": "finetune", "dete
 _CACHED = ("knn", "linear")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 # options the suite sets itself, from the task's fields
+FAMILIES = ("any", "resnet", "vit")  # a task's ``family``: the checkpoints it applies to
 _RESERVED = {"out", "seed", "seeds", "dataset", "root", "task", "resume"}
 _RESERVED_DETECTION = {"num-gpus", "num-machines", "machine-rank", "dist-url"}  # from gpus / nodes
 _RESOURCES = {"nodes", "tasks_per_node", "gpus_per_node"}  # submitit parameters from gpus / nodes
@@ -87,6 +92,7 @@ class TaskConfig:
     gpus: int = 1  # processes per node, one per device (torchrun; detection: --num-gpus)
     nodes: int = 1  # machines (submitit only; detection: --num-machines)
     slurm: dict[str, Any] = field(default_factory=dict)  # submitit parameters for this task's jobs
+    family: str = "any"  # resnet | vit: run only on checkpoints of that family (MoCo's SGD probe, detection)
 
 
 @dataclass
@@ -120,6 +126,8 @@ def validate_suite(suite: SuiteConfig, where: str = "suite") -> SuiteConfig:
             raise ConfigError(f"{at}: seeds is a number of runs (seeds 0 .. N-1), at least 1")
         if task.task == "detection" and task.root is not None:
             raise ConfigError(f"{at}: detection reads $DETECTRON2_DATASETS; remove root")
+        if task.family not in FAMILIES:
+            raise ConfigError(f"{at}: family {task.family!r} is not one of {', '.join(FAMILIES)}")
         if task.gpus < 1 or task.nodes < 1:
             raise ConfigError(f"{at}: gpus and nodes count processes per node and machines, at least 1")
         names = {k.replace("_", "-") for k in task.options}
@@ -280,11 +288,14 @@ class SuiteReport:
     ran: list[Job] = field(default_factory=list)
     skipped: list[Job] = field(default_factory=list)
     failed: list[tuple[Job, str, Path]] = field(default_factory=list)  # job, error, failure record
+    not_applicable: list[Job] = field(default_factory=list)  # the task's family is not the checkpoint's
     board: Leaderboard | None = None
     leaderboard: dict[str, Path] = field(default_factory=dict)  # md, csv, html
 
     def summary(self) -> str:
         lines = [f"suite: {len(self.ran)} ran, {len(self.skipped)} already done, {len(self.failed)} failed"]
+        if self.not_applicable:
+            lines[0] += f", {len(self.not_applicable)} not applicable to their checkpoint"
         lines += [f"  failed: {job.title}: {error} ({path})" for job, error, path in self.failed]
         return "\n".join(lines)
 
@@ -302,6 +313,30 @@ def _checkpoint_hashes(checkpoints: Sequence[Path]) -> list[tuple[Path, str]]:
         (Path(str(c)) if zoo.is_zoo_name(c) else f.resolve(), sha256_of(f))
         for c, f in zip(checkpoints, files, strict=True)
     ]
+
+
+def checkpoint_family(checkpoint: Path) -> str | None:
+    """``resnet`` or ``vit`` as the checkpoint reads with the commands' defaults; None when it does not
+    read so (a task may pass ``format``/``key``/``arch``): then every task runs and its command decides."""
+    from sslbench.checkpoints import zoo
+    from sslbench.checkpoints.readers import read_checkpoint
+    from sslbench.errors import SslbenchError
+    from sslbench.models.vit_archs import is_vit_arch
+
+    path = zoo.resolve(str(checkpoint))[0] if zoo.is_zoo_name(checkpoint) else checkpoint
+    try:
+        arch = read_checkpoint(path).arch
+    except SslbenchError:
+        return None
+    return "vit" if is_vit_arch(arch) else "resnet"
+
+
+def _not_for(job: Job, families: Mapping[str, str | None]) -> str | None:
+    """Why ``job``'s task does not apply to its checkpoint (its ``family`` is not the checkpoint's)."""
+    family = families.get(job.sha256)
+    if job.task.family == "any" or family in (None, job.task.family):
+        return None
+    return f"{job.task.name} is for {job.task.family} checkpoints and {job.checkpoint.name} is a {family}"
 
 
 def _write_labels(out: Path, hashes: Sequence[tuple[Path, str]], labels: Sequence[str] | None) -> None:
@@ -345,7 +380,13 @@ def run_suite(
     _write_labels(out, hashes, labels)
     report = SuiteReport()
     todo = []
+    by_family = any(task.family != "any" for task in suite.tasks)
+    families = {sha: checkpoint_family(path) for path, sha in hashes} if by_family else {}
     for job in plan_jobs(suite, hashes, out):
+        if (reason := _not_for(job, families)) is not None:
+            print(f"suite: not applicable, skipped: {reason}")
+            report.not_applicable.append(job)
+            continue
         if is_done(job):
             print(f"suite: done already, skipped: {job.title}")
             report.skipped.append(job)
@@ -507,3 +548,5 @@ def _run_submitit(
             last_line = time.monotonic()
         if pending:
             time.sleep(poll_seconds)
+    with contextlib.suppress(OSError):  # submitit stages each submission (and requeue) in a literal
+        (out / "submitit" / "%j").rmdir()  # "%j" folder and leaves it empty: remove it once all ended

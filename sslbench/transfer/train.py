@@ -168,6 +168,74 @@ def _check_run_folder(folder: Path, resume: bool) -> bool:
     return done
 
 
+def _seed_configs(
+    ckpt: CanonicalCheckpoint,
+    task: str,
+    out: Path,
+    seeds: Sequence[int],
+    num_gpus: int,
+    world_size: int,
+    total_batch: int | None,
+    resume: bool,
+    overrides: Sequence[str],
+) -> list[tuple[int, CfgNode, bool]]:
+    """(seed, Detectron2 config, already done) per seed, every config checked before any training."""
+    configs = []
+    for seed in seeds:
+        cfg = build_config(
+            task,
+            weights=out / WEIGHTS_NAME,
+            output_dir=out / f"seed{seed}",
+            seed=seed,
+            arch=ckpt.arch,
+            total_batch=total_batch,
+            overrides=overrides,
+        )
+        check_world_size(cfg, world_size)
+        _check_devices(cfg.MODEL.DEVICE, num_gpus)
+        check_datasets(cfg.DATASETS.TRAIN, cfg.DATASETS.TEST, cfg.MODEL.ROI_HEADS.NUM_CLASSES)
+        configs.append((seed, cfg, _check_run_folder(Path(cfg.OUTPUT_DIR), resume)))
+    return configs
+
+
+def _train_seed(
+    record: ResultRecord,
+    cfg: CfgNode,
+    task: str,
+    resume: bool,
+    num_gpus: int,
+    num_machines: int,
+    machine_rank: int,
+    dist_url: str,
+) -> Path | None:
+    """Train and evaluate one seed; machine 0 writes its record (a failed one when training raised)."""
+    folder = Path(cfg.OUTPUT_DIR)
+    try:
+        launch(
+            train_worker,
+            num_gpus,
+            num_machines=num_machines,
+            machine_rank=machine_rank,
+            dist_url=dist_url,
+            args=(cfg, resume),
+        )
+        if machine_rank != 0:
+            return None
+        record.metrics, details = read_evaluation(folder / "metrics.json", task)
+    except Exception as exc:
+        if machine_rank == 0:
+            record.status, record.error = "failed", f"{type(exc).__name__}: {exc}"
+            write_record(folder, record)
+        raise
+    record.extra = {
+        "output_dir": str(folder),
+        "config": str(folder / "config.yaml"),
+        "weights": str(cfg.MODEL.WEIGHTS),
+        **details,
+    }
+    return write_record(folder, record)
+
+
 def run_detection(
     ckpt: CanonicalCheckpoint,
     task: str,
@@ -195,32 +263,16 @@ def run_detection(
     if num_machines > 1 and dist_url == "auto":
         raise ConfigError("a multi-machine job needs --dist-url tcp://<machine 0's address>:<port>")
     world_size = num_gpus * num_machines
-    weights = out / WEIGHTS_NAME
     register_fixture_datasets()
-    configs = []
-    for seed in seeds:
-        cfg = build_config(
-            task,
-            weights=weights,
-            output_dir=out / f"seed{seed}",
-            seed=seed,
-            arch=ckpt.arch,
-            total_batch=total_batch,
-            overrides=overrides,
-        )
-        check_world_size(cfg, world_size)
-        _check_devices(cfg.MODEL.DEVICE, num_gpus)
-        check_datasets(cfg.DATASETS.TRAIN, cfg.DATASETS.TEST, cfg.MODEL.ROI_HEADS.NUM_CLASSES)
-        configs.append((seed, cfg, _check_run_folder(Path(cfg.OUTPUT_DIR), resume)))
+    configs = _seed_configs(ckpt, task, out, seeds, num_gpus, world_size, total_batch, resume, overrides)
     if machine_rank == 0:  # a resumed run continues from the checkpoint it started from, or not at all
         check_backbone_source(out, ckpt.describe(), resume)
-    write_detectron2(ckpt, weights)
+    write_detectron2(ckpt, out / WEIGHTS_NAME)
 
     records = []
     for seed, cfg, done in configs:
-        folder = Path(cfg.OUTPUT_DIR)
         if done:
-            records.append(folder / RECORD_NAME)
+            records.append(Path(cfg.OUTPUT_DIR) / RECORD_NAME)
             continue
         record = ResultRecord(
             task="detection",
@@ -234,28 +286,7 @@ def run_detection(
             checkpoint=ckpt.describe(),
             seed=seed,
         )
-        try:
-            launch(
-                train_worker,
-                num_gpus,
-                num_machines=num_machines,
-                machine_rank=machine_rank,
-                dist_url=dist_url,
-                args=(cfg, resume),
-            )
-            if machine_rank != 0:
-                continue
-            record.metrics, details = read_evaluation(folder / "metrics.json", task)
-        except Exception as exc:
-            if machine_rank == 0:
-                record.status, record.error = "failed", f"{type(exc).__name__}: {exc}"
-                write_record(folder, record)
-            raise
-        record.extra = {
-            "output_dir": str(folder),
-            "config": str(folder / "config.yaml"),
-            "weights": str(weights),
-            **details,
-        }
-        records.append(write_record(folder, record))
+        written = _train_seed(record, cfg, task, resume, num_gpus, num_machines, machine_rank, dist_url)
+        if written is not None:
+            records.append(written)
     return records
