@@ -131,7 +131,8 @@ def _recipe_record(protocol: Protocol, outcome: Outcome) -> dict[str, Any]:
     from sslbench.models.vit_archs import is_vit_arch, parse_vit_arch
 
     config, ckpt = protocol.config, protocol.ckpt
-    run = config.run_settings(outcome.lr, outcome.weight_decay, len(protocol.splits.trainval), protocol.seed)  # type: ignore[arg-type]
+    trainval = len(protocol.splits.trainval)  # type: ignore[arg-type]
+    run = config.run_settings(outcome.lr, outcome.weight_decay, trainval, protocol.seed)
     vit = is_vit_arch(ckpt.arch)
     depth = parse_vit_arch(ckpt.arch).depth if vit else None
     if not vit:
