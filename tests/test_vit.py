@@ -223,13 +223,7 @@ def test_vit_commands_outside_the_slice_say_so_in_one_line(
     )
     argv = ["linear", ckpt, "--protocol", "sgd", "--dataset", "cub200", "--root", str(cub), *COMMON]
     _error([*argv, "--out", str(tmp_path / "s")], capsys, "use --protocol dino .* or --protocol mae")
-    argv = ["finetune", ckpt, "--dataset", "cub200", "--root", str(cub), "--image-size", str(IMAGE)]
-    _error(
-        [*argv, "--workers", "0", "--out", str(tmp_path / "f")],
-        capsys,
-        r"fine-tuning ViTs .* not implemented",
-    )
-    assert not any((tmp_path / name).exists() for name in ("d", "s", "f"))
+    assert not any((tmp_path / name).exists() for name in ("d", "s"))  # finetune: test_vit_finetune.py
 
 
 def test_feature_cache_never_returns_features_of_another_reading(

@@ -113,3 +113,42 @@ def mae_train_transform(
             *_to_normalised_tensor(),
         ]
     )
+
+
+def check_randaug(config_str: str) -> list[str]:
+    """Problems of a timm RandAugment string (``rand-m9-mstd0.5-inc1``), one phrase naming the key."""
+    if not config_str.startswith("rand"):
+        return [f"randaug {config_str!r} is not a timm RandAugment string (rand-m9-mstd0.5-inc1)"]
+    try:
+        from timm.data.auto_augment import rand_augment_transform
+    except ImportError:
+        return ["randaug needs timm: pip install 'sslbench[vit]' (or pip install timm)"]
+    try:
+        rand_augment_transform(config_str, {})
+    except (AssertionError, ValueError, KeyError, IndexError) as exc:
+        return [f"randaug {config_str!r} is not a timm RandAugment string ({exc or 'unknown section'})"]
+    return []
+
+
+def timm_train_transform(
+    image_size: int, scale: tuple[float, float], interpolation: str, randaug: str, reprob: float
+) -> object:
+    """MAE's training transform (mae ``util/datasets.py`` build_transform) through timm's
+    ``create_transform``: RandomResizedCrop (``scale``, ratio 3/4-4/3) + flip, RandAugment ``randaug``
+    (color jitter off, as MAE passes none), ImageNet normalisation, RandomErasing ``reprob`` in pixel
+    mode, one box (MAE --remode pixel --recount 1)."""
+    from timm.data import create_transform
+
+    return create_transform(
+        input_size=image_size,
+        is_training=True,
+        scale=scale,
+        interpolation=interpolation,
+        auto_augment=randaug or None,
+        color_jitter=None,
+        re_prob=reprob,
+        re_mode="pixel",
+        re_count=1,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+    )

@@ -12,6 +12,14 @@ the reference code's loss reduction and CE mean, under which its published eta w
 slides' own-anchor hard positives) and the head a bias-free ``Linear(D, C)`` plus the contrastive
 head, as in Vanint/Core-tuning.
 
+ViT backbones (the canonical timm ViT at the run's image size, position embeddings resized as the
+checkpoint's source does) take the same loop. MAE's fine-tuning recipe (facebookresearch/mae
+``main_finetune.py``) is the same loop with other settings: AdamW over layer-wise lr-decayed groups
+(:mod:`sslbench.evaluate.layer_decay`), linear warmup then half-cycle cosine to ``min_lr`` per step
+(``util/lr_sched.py``), drop path, the mean of the patch tokens through a new ``fc_norm``
+(``models_vit.py`` ``global_pool``), a head initialised with std 2e-5, label smoothing and timm's
+Mixup / CutMix on soft targets (:class:`ModelOptions`, :class:`RunSettings`).
+
 Guarantees:
 
 * The backbone is loaded with ``strict=True`` and, before the first step of a fresh run, every
@@ -19,8 +27,9 @@ Guarantees:
 * Resumable: the state (model, optimizer, scheduler, step, history, the open history interval) is
   written atomically every ``save_every`` steps, at the end, and on SIGTERM / SIGUSR1 (then the
   command exits 143). Data order and augmentation are functions of ``(seed, step)`` and
-  ``(seed, epoch, sample)`` (:mod:`sslbench.runtime.sampling`) and Core-tuning's draws of
-  ``(seed, step)``, so a resumed run repeats the uninterrupted one.
+  ``(seed, epoch, sample)`` (:mod:`sslbench.runtime.sampling`), Core-tuning's draws of
+  ``(seed, step)``, Mixup / CutMix (numpy) and drop path (torch) of ``(seed, step, rank)``, so a
+  resumed run repeats the uninterrupted one.
 * CUDA: bf16 autocast for the backbone and channels_last; the losses run in float32.
   Launched by ``torchrun`` (``WORLD_SIZE > 1``) the model is wrapped in DDP, each global batch is
   split across ranks and the test tallies are summed over ranks; rank 0 writes the files.
@@ -31,11 +40,13 @@ Guarantees:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -46,15 +57,18 @@ from sslbench.checkpoints.canonical import CanonicalCheckpoint, tensors_differin
 from sslbench.checkpoints.formats import SSLBENCH_FORMAT, SSLBENCH_FORMAT_VERSION
 from sslbench.errors import CheckpointError, ConfigError
 from sslbench.evaluate import coretuning
+from sslbench.evaluate.layer_decay import layer_scales, param_groups
 from sslbench.evaluate.metrics import AccuracyTally
 from sslbench.models.archs import feature_dim
 from sslbench.models.resnet import build_backbone
+from sslbench.models.vit import LAYERNORM_EPS
+from sslbench.models.vit_archs import is_vit_arch, parse_vit_arch
 from sslbench.runtime.collectives import gather_for_global_loss, gather_rows
 from sslbench.runtime.precision import Precision, autocast_for
 from sslbench.runtime.process import Runtime
 from sslbench.runtime.progress import MetricsLog, Progress
 from sslbench.runtime.resume import change_entry, check_fingerprint, read_state
-from sslbench.runtime.sampling import SeededBatches, SeededSamples, shard
+from sslbench.runtime.sampling import SeededBatches, SeededSamples, numpy_rng, shard
 from sslbench.runtime.signals import STOP_CHECK_EVERY, TrainingInterrupted, catch_stop_signals
 
 # ssl-transfer's DataLoader (drop_last=False) also trains on the last partial batch of an epoch; ours
@@ -63,6 +77,8 @@ from sslbench.runtime.signals import STOP_CHECK_EVERY, TrainingInterrupted, catc
 LAST_PARTIAL_BATCH = "dropped (every step a full batch; ssl-transfer's DataLoader keeps it)"
 METHODS = ("ce", "coretuning")
 SCHEDULES = ("cosine", "multistep")
+OPTIMIZERS = ("sgd", "adamw")  # sgd: ssl-transfer / VISSL / Core-tuning | adamw: MAE main_finetune.py
+POOLS = ("token", "avg")  # token: final-norm CLS (DINO's feature) | avg: patch-token mean + fc_norm (MAE)
 STATE_VERSION = 1
 
 
@@ -99,6 +115,20 @@ class CoreTuningSettings:
 
 
 @dataclass
+class ModelOptions:
+    """How the fine-tuned network is built around the checkpoint; the defaults are ssl-transfer's."""
+
+    image_size: int = 224  # a ViT is built for this input size (position embeddings resized)
+    # token: the canonical feature, the CLS token after the final norm | avg (ViT only): the mean of
+    # the last block's patch tokens through a new LayerNorm ``fc_norm``, the final norm unused (MAE
+    # models_vit.py global_pool; timm VisionTransformer(global_pool="avg", fc_norm=True))
+    pool: str = "token"
+    drop_path: float = 0.0  # ViT only: timm's drop_path_rate (MAE --drop_path; 0.1 for ViT-B)
+    # None: torch's nn.Linear init (ssl-transfer) | std: weight trunc_normal(std), bias 0 (MAE: 2e-5)
+    head_init_std: float | None = None
+
+
+@dataclass
 class RunSettings:
     """One fine-tuning run, fully resolved (steps and milestones in optimizer steps)."""
 
@@ -115,6 +145,16 @@ class RunSettings:
     seed: int = 0
     save_every: int = 500
     coretuning: CoreTuningSettings = field(default_factory=CoreTuningSettings)
+    optimizer: str = "sgd"  # sgd: one group, weight decay on every parameter | adamw: MAE's groups
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # AdamW (MAE: torch's defaults)
+    layer_decay: float = 1.0  # adamw: lr x layer_decay ** (L - layer) (MAE util/lr_decay.py); 1 = off
+    warmup_steps: int = 0  # linear from 0 over these steps, then the schedule (MAE util/lr_sched.py)
+    min_lr: float = 0.0  # cosine: the floor the half cycle ends at (MAE --min_lr 1e-6)
+    label_smoothing: float = 0.0  # soft targets (1 - s) one-hot + s / C (MAE --smoothing 0.1)
+    mixup: float = 0.0  # timm Mixup: mixup Beta alpha (MAE ViT-B 0.8); 0 with cutmix 0 = off
+    cutmix: float = 0.0  # CutMix Beta alpha (MAE ViT-B 1.0)
+    mixup_prob: float = 1.0  # MAE --mixup_prob: probability of mixing a batch
+    mixup_switch_prob: float = 0.5  # MAE --mixup_switch_prob: CutMix instead of mixup, with both on
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -125,11 +165,38 @@ class RunSettings:
             raise ConfigError("steps, batch_size and save_every must be >= 1")
         if self.lr <= 0 or self.weight_decay < 0:
             raise ConfigError(f"lr must be > 0 and weight decay >= 0 (got {self.lr}, {self.weight_decay})")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"optimizer {self.optimizer!r}: expected one of {', '.join(OPTIMIZERS)}")
+        if not 0 <= self.warmup_steps < self.steps:
+            raise ConfigError(
+                f"warmup of {self.warmup_steps} steps is not shorter than the run ({self.steps})"
+            )
+        if not 0 <= self.min_lr <= self.lr:
+            raise ConfigError(f"min_lr {self.min_lr} must lie in [0, lr {self.lr:g}]")
+
+    @property
+    def mixes(self) -> bool:
+        """Mixup or CutMix is on (MAE: ``mixup_active``)."""
+        return self.mixup > 0 or self.cutmix > 0
 
     def lr_factor(self, step: int) -> float:
-        """Multiplier of the base lr after ``step`` optimizer steps."""
+        """Multiplier of the base lr at ``step`` (the lr the step trains with).
+
+        Warmup (MAE ``lr_sched.adjust_learning_rate`` per iteration): ``step / warmup_steps``. Then
+        cosine: ``m + (1 - m) * 0.5 * (1 + cos(pi * (step - W) / (steps - W)))`` with ``m = min_lr / lr``
+        (without warmup and floor, ssl-transfer's ``CosineAnnealingLR(T_max=steps)``); multistep:
+        ``gamma ** (milestones passed)``."""
+        warmup = self.warmup_steps
+        if step < warmup:
+            return step / warmup
         if self.schedule == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * min(step, self.steps) / self.steps))
+            cosine = 0.5 * (
+                1.0 + math.cos(math.pi * (min(step, self.steps) - warmup) / (self.steps - warmup))
+            )
+            if self.min_lr == 0:
+                return cosine
+            floor = self.min_lr / self.lr
+            return floor + (1.0 - floor) * cosine
         return self.gamma ** sum(step >= m for m in self.milestones)
 
     def as_dict(self) -> dict[str, Any]:
@@ -142,26 +209,57 @@ class RunSettings:
 class FinetuneModel(nn.Module):
     """Backbone -> ``(B, D)`` features -> classifier; Core-tuning adds the contrastive head.
 
-    ``forward(images)`` gives logits ``(B, C)``; ``forward(images, labels, draws)`` the training
-    loss terms (so that DDP sees one forward per step). Under DDP (``runtime`` with several ranks)
-    Core-tuning's loss is over the global batch: ``draws`` are for the global batch, every rank's
-    local batch has the same size and the returned logits are the local rows."""
+    ``forward(images)`` gives logits ``(B, C)``; ``forward(images, labels, draws, soft_targets)`` the
+    training loss terms (so that DDP sees one forward per step): cross-entropy on ``labels``, or on
+    ``soft_targets`` ``(B, C)`` when given (mixed and/or smoothed labels: timm's
+    SoftTargetCrossEntropy, as MAE). Under DDP (``runtime`` with several ranks) Core-tuning's loss is
+    over the global batch: ``draws`` are for the global batch, every rank's local batch has the same
+    size and the returned logits are the local rows.
+
+    ``vit_depth``: the number of blocks when the backbone is a ViT (layer-wise lr decay needs it).
+    ``options.pool == "avg"`` adds ``fc_norm`` and freezes the backbone's final norm, which the
+    pooled feature never uses (MAE deletes it; DDP refuses parameters without a gradient)."""
 
     def __init__(
-        self, backbone: nn.Module, dim: int, num_classes: int, method: str, core: CoreTuningSettings
+        self,
+        backbone: nn.Module,
+        dim: int,
+        num_classes: int,
+        method: str,
+        core: CoreTuningSettings,
+        options: ModelOptions | None = None,
+        vit_depth: int | None = None,
     ) -> None:
         super().__init__()
         self.method, self.num_classes, self.core = method, num_classes, core
+        self.options = options if options is not None else ModelOptions()
+        self.vit_depth = vit_depth
         self.runtime = Runtime()  # set by :func:`finetune` to the run's
         self.backbone = backbone
         # ssl-transfer: nn.Linear(feature_dim, C); Core-tuning: nn.Linear(2048, C, bias=False)
         self.classifier = nn.Linear(dim, num_classes, bias=method == "ce")
+        if self.options.head_init_std is not None:  # MAE main_finetune.py: trunc_normal_(head.weight, 2e-5)
+            nn.init.trunc_normal_(self.classifier.weight, std=self.options.head_init_std)
+            if self.classifier.bias is not None:
+                nn.init.zeros_(self.classifier.bias)  # timm's ViT head init, which MAE keeps
         self.contrast_head = (
             coretuning.ContrastHead(dim, core.contrast_dim) if method == "coretuning" else None
         )
+        self.fc_norm = None
+        if self.options.pool == "avg":
+            if vit_depth is None:
+                raise ConfigError("pool avg (the mean of patch tokens) needs a ViT backbone")
+            self.fc_norm = nn.LayerNorm(dim, eps=LAYERNORM_EPS)  # MAE models_vit.py: norm_layer(embed_dim)
+            for parameter in backbone.norm.parameters():  # type: ignore[union-attr]
+                parameter.requires_grad_(False)
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         with autocast_for(images):
+            if self.fc_norm is not None:
+                from sslbench.models.vit import last_block_patch_tokens
+
+                pooled = last_block_patch_tokens(self.backbone, images).mean(dim=1)
+                return self.fc_norm(pooled).float()
             return self.backbone(images).float().flatten(1)
 
     def forward(
@@ -169,13 +267,19 @@ class FinetuneModel(nn.Module):
         images: torch.Tensor,
         labels: torch.Tensor | None = None,
         draws: coretuning.MixDraws | None = None,
+        soft_targets: torch.Tensor | None = None,
     ) -> Any:
         features = self.features(images)
         if labels is None:
             return self.classifier(features)
         if self.method == "ce":
             logits = self.classifier(features)
-            loss = F.cross_entropy(logits, labels)
+            if soft_targets is None:
+                loss = F.cross_entropy(logits, labels)
+            else:
+                from timm.loss import SoftTargetCrossEntropy
+
+                loss = SoftTargetCrossEntropy()(logits, soft_targets)
             return {
                 "loss": loss,
                 "ce": loss.detach(),
@@ -208,17 +312,44 @@ class FinetuneModel(nn.Module):
         }
 
 
+def reference_backbone(ckpt: CanonicalCheckpoint, options: ModelOptions) -> dict[str, torch.Tensor]:
+    """The tensors the backbone must hold at step 0: the checkpoint's, a ViT's position embeddings
+    resized to ``options.image_size`` as its source's eval code does (what the model loaded)."""
+    if not is_vit_arch(ckpt.arch):
+        return ckpt.state_dict
+    from sslbench.models.vit import pos_embed_method, resized_state
+
+    return resized_state(ckpt.arch, ckpt.state_dict, options.image_size, pos_embed_method(ckpt.source_format))
+
+
 def build_finetune_model(
-    ckpt: CanonicalCheckpoint, num_classes: int, method: str, core: CoreTuningSettings, seed: int
+    ckpt: CanonicalCheckpoint,
+    num_classes: int,
+    method: str,
+    core: CoreTuningSettings,
+    seed: int,
+    options: ModelOptions | None = None,
 ) -> FinetuneModel:
-    """The checkpoint's backbone (loaded with ``strict=True``) and freshly initialised heads (seeded)."""
-    backbone = build_backbone(ckpt.arch)
+    """The checkpoint's backbone (loaded with ``strict=True``; a ResNet, or the canonical ViT at
+    ``options.image_size``) and freshly initialised heads (seeded)."""
+    options = options if options is not None else ModelOptions()
+    vit_depth = None
     try:
-        backbone.load_state_dict(ckpt.state_dict, strict=True)
+        if is_vit_arch(ckpt.arch):
+            from sslbench.models.vit import build_vit, pos_embed_method
+
+            method_name = pos_embed_method(ckpt.source_format)
+            backbone = build_vit(
+                ckpt.arch, ckpt.state_dict, options.image_size, method_name, options.drop_path
+            )
+            vit_depth, dim = parse_vit_arch(ckpt.arch).depth, parse_vit_arch(ckpt.arch).width
+        else:
+            backbone, dim = build_backbone(ckpt.arch), feature_dim(ckpt.arch)
+            backbone.load_state_dict(ckpt.state_dict, strict=True)
     except RuntimeError as exc:
         raise CheckpointError(f"{ckpt.source_path}: the backbone does not load strictly: {exc}") from None
     torch.manual_seed(seed)
-    return FinetuneModel(backbone, feature_dim(ckpt.arch), num_classes, method, core)
+    return FinetuneModel(backbone, dim, num_classes, method, core, options, vit_depth)
 
 
 def check_backbone_matches(backbone: nn.Module, reference: dict[str, torch.Tensor]) -> None:
@@ -244,6 +375,91 @@ def save_finetuned(model: FinetuneModel, arch: str, path: Path, extra: dict[str,
         path,
     )
     return path
+
+
+# ---------------------------------------------------------------- optimizer, targets, randomness
+
+MIXUP_STREAM, DROP_PATH_STREAM = 1, 2  # tags that keep the per-step seeds of the two apart
+
+
+def build_optimizer(model: FinetuneModel, settings: RunSettings) -> torch.optim.Optimizer:
+    """sgd: ssl-transfer's one group with weight decay on every parameter; adamw: MAE's groups
+    (:func:`~sslbench.evaluate.layer_decay.param_groups`), each at lr x its layer's scale."""
+    if settings.optimizer == "sgd":
+        return torch.optim.SGD(
+            model.parameters(),
+            lr=settings.lr,
+            momentum=settings.momentum,
+            nesterov=settings.nesterov,
+            weight_decay=settings.weight_decay,
+        )
+    groups = param_groups(
+        model.named_parameters(), settings.weight_decay, settings.layer_decay, model.vit_depth
+    )
+    for group in groups:
+        del group["names"]
+        group["lr"] = settings.lr * group["lr_scale"]
+    beta1, beta2 = settings.betas
+    return torch.optim.AdamW(groups, lr=settings.lr, betas=(beta1, beta2))
+
+
+def optimizer_record(settings: RunSettings, vit_depth: int | None) -> dict[str, Any]:
+    """What ``result.json`` says about the optimizer actually used."""
+    if settings.optimizer == "sgd":
+        kind = "Nesterov momentum" if settings.nesterov else "momentum"
+        return {"name": f"SGD, {kind} {settings.momentum}, weight decay on every parameter"}
+    record: dict[str, Any] = {
+        "name": f"AdamW, betas {tuple(settings.betas)}, eps 1e-8 (torch default)",
+        "weight_decay": f"{settings.weight_decay:g} on >= 2-d parameters but pos_embed and cls_token; "
+        "0 on 1-d parameters, pos_embed, cls_token (MAE util/lr_decay.py)",
+    }
+    if vit_depth is not None:
+        record["layer_decay"] = settings.layer_decay
+        record["layer_scales"] = layer_scales(vit_depth, settings.layer_decay)
+        record["layers"] = (
+            "0: cls_token, pos_embed, patch_embed; i + 1: blocks.i; "
+            f"{vit_depth + 1}: the rest (norms, fc_norm, head); "
+            f"scale layer_decay ** ({vit_depth + 1} - layer)"
+        )
+    return record
+
+
+def smoothed_targets(labels: torch.Tensor, num_classes: int, smoothing: float) -> torch.Tensor:
+    """``(B, C)`` targets ``(1 - s)`` on the label plus ``s / C`` everywhere (label smoothing as timm's
+    LabelSmoothingCrossEntropy and Mixup's targets spread it)."""
+    one_hot = F.one_hot(labels, num_classes).float()
+    return one_hot * (1.0 - smoothing) + smoothing / num_classes
+
+
+def _timm_mixup(settings: RunSettings, num_classes: int) -> Any:
+    """timm's Mixup / CutMix in MAE's mode (per batch), or None when both are off."""
+    if not settings.mixes:
+        return None
+    from timm.data import Mixup
+
+    return Mixup(
+        mixup_alpha=settings.mixup,
+        cutmix_alpha=settings.cutmix,
+        prob=settings.mixup_prob,
+        switch_prob=settings.mixup_switch_prob,
+        mode="batch",
+        label_smoothing=settings.label_smoothing,
+        num_classes=num_classes,
+    )
+
+
+@contextmanager
+def _drop_path_rng(active: bool, device: torch.device, key: tuple[int, int, int]) -> Iterator[None]:
+    """While ``active``: torch's generators seeded from ``key`` (seed, step, rank), restored afterwards,
+    so that drop path draws the same masks when a run resumes."""
+    if not active:
+        yield
+        return
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        number = np.random.SeedSequence([*key, DROP_PATH_STREAM]).generate_state(1, np.uint64)[0]
+        torch.manual_seed(int(number))
+        yield
 
 
 # ---------------------------------------------------------------- training
@@ -308,13 +524,8 @@ class _RunState:
     ) -> None:
         self.model, self.settings, self.runtime = model, settings, runtime
         self.fingerprint, self.state_path = fingerprint, state_path
-        self.optimizer = torch.optim.SGD(
-            model.parameters(),
-            lr=settings.lr,
-            momentum=settings.momentum,
-            nesterov=settings.nesterov,
-            weight_decay=settings.weight_decay,
-        )
+        self.optimizer = build_optimizer(model, settings)
+        self.mixup = _timm_mixup(settings, model.num_classes)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, settings.lr_factor)
         self.run = FinetuneRun(model, [], 0)
         self.interval = _Interval(runtime.device)
@@ -336,14 +547,20 @@ class _RunState:
             self.interval.sums = state["interval"].to(self.runtime.device)
 
     def train_step(self, net: nn.Module, images: torch.Tensor, labels: torch.Tensor, step: int) -> None:
-        draws = None
-        if self.settings.method == "coretuning":
+        settings, rank = self.settings, self.runtime.rank
+        draws, soft_targets = None, None
+        if settings.method == "coretuning":
             global_batch = len(labels) * self.runtime.world  # equal shares: see SeededBatches
-            alpha = self.settings.coretuning.alpha
-            draws = coretuning.draw_mixing(global_batch, alpha, (self.settings.seed, step))
-        out = net(images, labels, draws)
-        self.optimizer.zero_grad(set_to_none=True)
-        out["loss"].backward()
+            draws = coretuning.draw_mixing(global_batch, settings.coretuning.alpha, (settings.seed, step))
+        if self.mixup is not None:  # within each rank's batch, as MAE (one timm Mixup per process)
+            with numpy_rng(settings.seed, step, rank, MIXUP_STREAM):
+                images, soft_targets = self.mixup(images, labels)
+        elif settings.label_smoothing > 0:
+            soft_targets = smoothed_targets(labels, self.model.num_classes, settings.label_smoothing)
+        with _drop_path_rng(self.model.options.drop_path > 0, images.device, (settings.seed, step, rank)):
+            out = net(images, labels, draws, soft_targets)
+            self.optimizer.zero_grad(set_to_none=True)
+            out["loss"].backward()
         self.optimizer.step()
         self.scheduler.step()
         self.interval.add(out, labels)

@@ -1,8 +1,10 @@
 """``sslbench finetune``: fine-tune the whole backbone (ssl-transfer protocol, optionally Core-tuning).
 
 The protocol comes from ``--config`` (a YAML file, or a name under ``sslbench/configs/finetune/``:
-``ssl_transfer`` by default, ``inat18_vissl``); flags override its keys. The run folder ``--out``
-holds the grid's sub-runs, the final run, the kept weights ``best.pth`` and ``result.json``.
+``ssl_transfer`` by default, ``inat18_vissl``, ``mae``: MAE's ViT recipe); flags override its keys.
+ResNets and ViTs both fine-tune; the ViT-only keys (layer decay, drop path, avg pooling) refuse a
+ResNet. The run folder ``--out`` holds the grid's sub-runs, the final run, the kept weights
+``best.pth`` and ``result.json``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from sslbench.run_folder import refuse_previous_run
 from sslbench.runtime.arguments import add_runtime_arguments
 
 if TYPE_CHECKING:  # annotations only: the command's module stays light for --help
+    from sslbench.checkpoints.canonical import CanonicalCheckpoint
     from sslbench.evaluate.finetune_grid import FinetuneConfig, Outcome, Protocol, Splits
     from sslbench.tools.records import ResultRecord
 
@@ -68,13 +71,25 @@ def _build_splits(
     from torchvision.transforms import InterpolationMode
 
     from sslbench.data.registry import build_dataset
-    from sslbench.data.transforms import describe_transform, eval_transform, lbfgs_transform, train_transform
+    from sslbench.data.transforms import (
+        describe_transform,
+        eval_transform,
+        lbfgs_transform,
+        timm_train_transform,
+        train_transform,
+    )
     from sslbench.evaluate.finetune_grid import Splits
 
     interpolation = (
         InterpolationMode.BICUBIC if config.interpolation == "bicubic" else InterpolationMode.BILINEAR
     )
-    augment = train_transform(config.image_size, tuple(config.crop_scale), interpolation)
+    scale = (config.crop_scale[0], config.crop_scale[1])
+    if config.randaug or config.reprob > 0:  # MAE's augmentation, through timm
+        augment: Any = timm_train_transform(
+            config.image_size, scale, config.interpolation, config.randaug, config.reprob
+        )
+    else:
+        augment = train_transform(config.image_size, scale, interpolation)
     plain = (lbfgs_transform if config.test_resize == "full" else eval_transform)(config.image_size)
     parts = {
         split: build_dataset(
@@ -109,6 +124,85 @@ def _print_outcome(outcome: Outcome, method: str, select: str) -> None:
     _print_metrics(f"finetune {method}", outcome.metrics)
 
 
+def _recipe_record(protocol: Protocol, outcome: Outcome) -> dict[str, Any]:
+    """The optimizer, schedule, feature, loss and mixing the final run actually used, in words."""
+    from sslbench.evaluate.finetune import optimizer_record
+    from sslbench.models.vit import POS_EMBED_METHODS, pos_embed_method
+    from sslbench.models.vit_archs import is_vit_arch, parse_vit_arch
+
+    config, ckpt = protocol.config, protocol.ckpt
+    trainval = len(protocol.splits.trainval)  # type: ignore[arg-type]
+    run = config.run_settings(outcome.lr, outcome.weight_decay, trainval, protocol.seed)
+    vit = is_vit_arch(ckpt.arch)
+    depth = parse_vit_arch(ckpt.arch).depth if vit else None
+    if not vit:
+        feature = "avgpool of the ResNet"
+    elif config.pool == "avg":
+        feature = (
+            "mean of the last block's patch tokens through a new LayerNorm fc_norm (MAE models_vit.py "
+            "global_pool); the checkpoint's final norm unused, frozen, kept unchanged in best.pth"
+        )
+    else:
+        feature = "CLS token after the final LayerNorm"
+    schedule = f"{run.schedule} over {run.steps} steps, stepped every step"
+    if run.warmup_steps:
+        schedule = f"linear warmup from 0 over {run.warmup_steps} steps, then " + schedule
+    if run.schedule == "cosine" and run.min_lr:
+        schedule += f", half cycle down to min_lr {run.min_lr:g}"
+    if run.mixes:
+        loss = (
+            f"soft-target cross-entropy (timm SoftTargetCrossEntropy) on timm Mixup targets: mixup alpha "
+            f"{run.mixup:g}, cutmix alpha {run.cutmix:g}, prob {run.mixup_prob:g}, switch prob "
+            f"{run.mixup_switch_prob:g}, mode batch, pairs within each process's batch, label smoothing "
+            f"{run.label_smoothing:g}"
+        )
+    elif run.label_smoothing:
+        loss = f"cross-entropy with label smoothing {run.label_smoothing:g}"
+    else:
+        loss = "cross-entropy" if config.method == "ce" else "Core-tuning"
+    record: dict[str, Any] = {
+        "optimizer": optimizer_record(run, depth),
+        "lr_schedule": schedule,
+        "warmup_steps_run": run.warmup_steps,
+        "feature": feature,
+        "loss": loss,
+        "head_init": "torch nn.Linear default"
+        if config.head_init_std is None
+        else f"weight trunc_normal std {config.head_init_std:g}, bias 0",
+    }
+    if vit:
+        record["drop_path"] = f"{config.drop_path:g} (timm drop_path_rate, linear in depth)"
+        record["pos_embed"] = {
+            "checkpoint_tokens": ckpt.state_dict["pos_embed"].shape[1] - 1,
+            "resize": POS_EMBED_METHODS[pos_embed_method(ckpt.source_format)],
+        }
+    return record
+
+
+def _check_recipe(
+    config: FinetuneConfig, ckpt: CanonicalCheckpoint, splits: Splits, world: int, seed: int
+) -> None:
+    """Refuse, before anything is written, what the backbone or the splits cannot run."""
+    from sslbench.models.backbones import check_image_size
+    from sslbench.models.vit_archs import is_vit_arch
+
+    if not is_vit_arch(ckpt.arch) and (keys := config.vit_only_keys()):
+        raise ConfigError(
+            f"fine-tune config {config.name}: {', '.join(keys)} need a ViT backbone; {ckpt.source_path} "
+            f"is a {ckpt.arch} (use --config ssl_transfer for ResNets)"
+        )
+    check_image_size(ckpt, config.image_size)
+    if (config.mixup > 0 or config.cutmix > 0) and (config.batch_size // world) % 2:
+        raise ConfigError(
+            f"mixup/cutmix pair each process's batch with its reverse: batch size {config.batch_size} "
+            f"over {world} processes must give an even batch per process"
+        )
+    for split in (splits.train, splits.trainval):  # warmup and min_lr against each run's length and lr
+        lrs = [lr for lr, _ in config.grid()] if config.lr is None else [config.lr]
+        for lr in lrs:
+            config.run_settings(lr, 0.0, len(split), seed)  # type: ignore[arg-type]
+
+
 def _finetune_record(
     protocol: Protocol,
     outcome: Outcome,
@@ -122,6 +216,7 @@ def _finetune_record(
     from sslbench.evaluate.cli import _dataset_record
     from sslbench.evaluate.finetune import LAST_PARTIAL_BATCH
     from sslbench.evaluate.finetune_grid import CORETUNING_SOURCE
+    from sslbench.models.vit_archs import is_vit_arch
     from sslbench.runtime.precision import Precision
     from sslbench.tools.records import ResultRecord
 
@@ -145,7 +240,7 @@ def _finetune_record(
         "test_split": "test",
         "train_transform": fingerprint["train_transform"],
         "test_transform": fingerprint["test_transform"],
-        "optimizer": "SGD, Nesterov momentum, weight decay on every parameter",
+        **_recipe_record(protocol, outcome),
         "test_metric_step": "last",
         "precision": Precision(device).name,
         "device": str(device),
@@ -171,7 +266,12 @@ def _finetune_record(
             "best_checkpoint": str(outcome.best_checkpoint),
             "history": outcome.final["history"],
             "final_skipped": outcome.final["skipped"],
-            "backbone_check": "every backbone tensor equals the checkpoint's at step 0 of every run",
+            "backbone_check": "every backbone tensor equals the checkpoint's at step 0 of every run"
+            + (
+                " (pos_embed compared after resizing to the run's patch grid, as it was loaded)"
+                if is_vit_arch(ckpt.arch)
+                else ""
+            ),
         },
     )
 
@@ -185,7 +285,6 @@ def run_finetune(args: argparse.Namespace, on_step: Any = None) -> int:
     from sslbench.data.cli import dataset_options_from_args
     from sslbench.data.registry import DATASETS
     from sslbench.evaluate.finetune_grid import FinetuneConfig, Protocol, run_protocol
-    from sslbench.models.vit_archs import is_vit_arch
     from sslbench.runtime.process import start_runtime
     from sslbench.runtime.progress import MetricsLog
     from sslbench.tools.records import utc_now, write_record
@@ -203,13 +302,9 @@ def run_finetune(args: argparse.Namespace, on_step: Any = None) -> int:
     if config.batch_size % runtime.world:
         raise ConfigError(f"batch size {config.batch_size} is not divisible by {runtime.world} processes")
     ckpt = checkpoint_from_args(args)
-    if is_vit_arch(ckpt.arch):
-        raise ConfigError(
-            f"{ckpt.source_path} is a ViT ({ckpt.arch}): "
-            "fine-tuning ViTs (MAE's recipe) is not implemented yet"
-        )
     options = dataset_options_from_args(args)
     splits, fingerprint = _build_splits(args, config, options)
+    _check_recipe(config, ckpt, splits, runtime.world, args.seed)
     fingerprint = {"checkpoint": ckpt.sha256, "arch": ckpt.arch, **fingerprint, "world_size": runtime.world}
     select = DATASETS[args.dataset].headline_metric
     protocol = Protocol(
@@ -253,7 +348,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--config",
         default=DEFAULT_CONFIG,
-        help="protocol: a YAML file or a shipped config (ssl_transfer, inat18_vissl)",
+        help="protocol: a YAML file or a shipped config (ssl_transfer, inat18_vissl, mae: MAE's ViT recipe)",
     )
     p.add_argument("--method", help="loss: ce (default) or coretuning (checked with the config)")
     g = p.add_argument_group("overrides of the config")

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +33,17 @@ from sslbench.checkpoints.canonical import CanonicalCheckpoint
 from sslbench.errors import ConfigError
 from sslbench.evaluate.finetune import (
     METHODS,
+    OPTIMIZERS,
+    POOLS,
     SCHEDULES,
     CoreTuningSettings,
+    ModelOptions,
     RunSettings,
     StepHook,
     build_finetune_model,
     evaluate,
     finetune,
+    reference_backbone,
     save_finetuned,
 )
 from sslbench.options import MAX_IMAGE_SIZE
@@ -83,9 +87,27 @@ class FinetuneConfig:
     test_resize: str = "full"  # full: Resize S + CenterCrop S (ssl-transfer); crop_ratio: Resize S/0.875
     save_every: int = 500  # steps between resumable states
     coretuning: CoreTuningSettings = field(default_factory=CoreTuningSettings)
+    # MAE's fine-tuning recipe (sslbench/configs/finetune/mae.yaml); these defaults leave it all off
+    optimizer: str = "sgd"  # sgd (momentum, nesterov above) | adamw (MAE's parameter groups)
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adamw
+    layer_decay: float = 1.0  # adamw on a ViT: lr x layer_decay ** (L - layer); 1 = off
+    drop_path: float = 0.0  # ViT: timm's drop_path_rate
+    warmup_epochs: float = 0.0  # linear warmup in epochs of the training split (MAE --warmup_epochs)
+    warmup_steps: int = 0  # > 0: the warmup in steps instead of warmup_epochs
+    min_lr: float = 0.0  # cosine ends at this lr (MAE --min_lr), not scaled with the batch
+    pool: str = "token"  # token: final-norm CLS | avg: patch-token mean + fc_norm (ViT; MAE global_pool)
+    head_init_std: float | None = None  # None: torch's Linear init | MAE: trunc_normal std 2e-5
+    label_smoothing: float = 0.0
+    mixup: float = 0.0  # timm Mixup alpha; mixup and cutmix 0: no mixing
+    cutmix: float = 0.0
+    mixup_prob: float = 1.0
+    mixup_switch_prob: float = 0.5
+    randaug: str = ""  # timm auto_augment string (MAE: rand-m9-mstd0.5-inc1); "" = RandomResizedCrop + flip
+    reprob: float = 0.0  # timm RandomErasing probability, mode pixel, count 1 (MAE --reprob 0.25)
+    departures: list[str] = field(default_factory=list)  # how the config differs from its source (recorded)
 
     def check(self) -> FinetuneConfig:
-        problems = []
+        problems = self._recipe_problems()
         if self.method not in METHODS:
             problems.append(f"method {self.method!r} is not one of {', '.join(METHODS)}")
         if self.schedule not in SCHEDULES:
@@ -119,9 +141,63 @@ class FinetuneConfig:
             problems.append(f"milestones {self.milestones} must lie inside the run (0, {length}) {unit}")
         if self.method == "coretuning":
             problems.extend(self.coretuning.problems())
+            if self.mixup > 0 or self.cutmix > 0 or self.label_smoothing > 0:
+                problems.append(
+                    "mixup, cutmix and label_smoothing apply to method ce (Core-tuning mixes its own)"
+                )
         if problems:
             raise ConfigError(f"fine-tune config {self.name}: " + "; ".join(problems))
         return self
+
+    def _recipe_problems(self) -> list[str]:
+        """The MAE-recipe keys that are out of range, one phrase each naming the key."""
+        problems = []
+        for key, allowed in (("optimizer", OPTIMIZERS), ("pool", POOLS)):
+            if getattr(self, key) not in allowed:
+                problems.append(f"{key} {getattr(self, key)!r} is not one of {', '.join(allowed)}")
+        ranges = (  # key, low, high, low included, high included
+            ("layer_decay", 0.0, 1.0, False, True),
+            ("drop_path", 0.0, 1.0, True, False),
+            ("warmup_epochs", 0.0, math.inf, True, False),
+            ("min_lr", 0.0, math.inf, True, False),
+            ("label_smoothing", 0.0, 1.0, True, False),
+            ("mixup", 0.0, math.inf, True, False),
+            ("cutmix", 0.0, math.inf, True, False),
+            ("mixup_prob", 0.0, 1.0, True, True),
+            ("mixup_switch_prob", 0.0, 1.0, True, True),
+            ("reprob", 0.0, 1.0, True, True),
+        )
+        for key, low, high, with_low, with_high in ranges:
+            value = getattr(self, key)
+            above = value >= low if with_low else value > low
+            below = value <= high if with_high else value < high
+            if not (math.isfinite(value) and above and below):
+                interval = f"{'[' if with_low else '('}{low:g}, {high:g}{']' if with_high else ')'}"
+                problems.append(f"{key} {value} must be finite and in {interval}")
+        if len(self.betas) != 2 or not all(math.isfinite(b) and 0 <= b < 1 for b in self.betas):
+            problems.append(f"betas {list(self.betas)} must be two numbers in [0, 1)")
+        if self.warmup_steps < 0:
+            problems.append(f"warmup_steps {self.warmup_steps} must be >= 0")
+        if self.layer_decay != 1.0 and self.optimizer != "adamw":
+            problems.append(f"layer_decay {self.layer_decay} needs optimizer adamw (MAE's parameter groups)")
+        if self.head_init_std is not None and not (
+            math.isfinite(self.head_init_std) and self.head_init_std > 0
+        ):
+            problems.append(f"head_init_std {self.head_init_std} must be finite and > 0 (or null)")
+        if self.randaug:
+            from sslbench.data.transforms import check_randaug
+
+            problems.extend(check_randaug(self.randaug))
+        return problems
+
+    def vit_only_keys(self) -> list[str]:
+        """The keys set away from their defaults that only a ViT backbone can honour."""
+        keys = [f"layer_decay {self.layer_decay}"] if self.layer_decay != 1.0 else []
+        keys += [f"drop_path {self.drop_path}"] if self.drop_path > 0 else []
+        return keys + ([f"pool {self.pool}"] if self.pool != "token" else [])
+
+    def model_options(self) -> ModelOptions:
+        return ModelOptions(self.image_size, self.pool, self.drop_path, self.head_init_std)
 
     def grid(self) -> list[tuple[float, float]]:
         """(lr, weight decay) points in search order."""
@@ -147,11 +223,24 @@ class FinetuneConfig:
         per_epoch = max(1, num_samples // self.batch_size)  # SeededBatches drops the incomplete batch
         unit = per_epoch if self.epochs > 0 else 1
         scale = self.batch_size / self.lr_reference_batch if self.lr_reference_batch > 0 else 1.0
+        steps = self.epochs * per_epoch if self.epochs > 0 else self.steps
+        # MAE counts warmup in epochs of data (per iteration): warmup_epochs x steps per epoch
+        warmup = self.warmup_steps or round(self.warmup_epochs * per_epoch)
+        if warmup >= steps:
+            key = "warmup_steps" if self.warmup_steps else f"warmup_epochs {self.warmup_epochs:g} ="
+            raise ConfigError(
+                f"fine-tune config {self.name}: {key} {warmup} steps is not shorter than the run "
+                f"({steps} steps on a split of {num_samples})"
+            )
+        if self.min_lr > lr * scale:
+            raise ConfigError(
+                f"fine-tune config {self.name}: min_lr {self.min_lr:g} is above the lr {lr * scale:g}"
+            )
         return RunSettings(
             method=self.method,
             lr=lr * scale,
             weight_decay=weight_decay,
-            steps=self.epochs * per_epoch if self.epochs > 0 else self.steps,
+            steps=steps,
             batch_size=self.batch_size,
             momentum=self.momentum,
             nesterov=self.nesterov,
@@ -161,6 +250,16 @@ class FinetuneConfig:
             seed=seed,
             save_every=self.save_every,
             coretuning=self.coretuning,
+            optimizer=self.optimizer,
+            betas=list(self.betas),
+            layer_decay=self.layer_decay,
+            warmup_steps=warmup,
+            min_lr=self.min_lr,
+            label_smoothing=self.label_smoothing,
+            mixup=self.mixup,
+            cutmix=self.cutmix,
+            mixup_prob=self.mixup_prob,
+            mixup_switch_prob=self.mixup_switch_prob,
         )
 
 
@@ -228,7 +327,13 @@ def _run_point(
     finished earlier run of the same point. ``keep``: write the final weights there."""
     config = protocol.config
     settings = config.run_settings(lr, weight_decay, len(train), protocol.seed)  # type: ignore[arg-type]
-    fingerprint = {**protocol.fingerprint, "scored_split": scored_split, "settings": settings.as_dict()}
+    options = config.model_options()
+    fingerprint = {
+        **protocol.fingerprint,
+        "scored_split": scored_split,
+        "settings": settings.as_dict(),
+        "model": asdict(options),
+    }
     result_path = folder / POINT_RESULT
     done = read_json_result(result_path)
     if done is not None:
@@ -240,7 +345,7 @@ def _run_point(
         if keep is None or keep.is_file():
             return {**done, "skipped": True}
     model = build_finetune_model(
-        protocol.ckpt, protocol.splits.num_classes, config.method, config.coretuning, protocol.seed
+        protocol.ckpt, protocol.splits.num_classes, config.method, config.coretuning, protocol.seed, options
     )
     run = finetune(
         model,
@@ -249,7 +354,7 @@ def _run_point(
         protocol.device,
         state_path=folder / "state.pth",
         fingerprint=fingerprint,
-        initial_backbone=protocol.ckpt.state_dict,
+        initial_backbone=reference_backbone(protocol.ckpt, options),
         on_step=protocol.on_step,
         workers=protocol.workers,
         runtime=protocol.runtime,
@@ -295,6 +400,7 @@ def _run_point(
                     "lr": lr,
                     "weight_decay": weight_decay,
                     "steps": settings.steps,
+                    "model_options": asdict(options),
                     "source_checkpoint_sha256": protocol.ckpt.sha256,
                 },
             )

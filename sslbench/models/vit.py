@@ -31,7 +31,7 @@ POS_EMBED_METHODS = {
 }
 
 
-def _timm_vit(spec: VitSpec, image_size: int) -> nn.Module:
+def _timm_vit(spec: VitSpec, image_size: int, drop_path: float = 0.0) -> nn.Module:
     try:
         from timm.models.vision_transformer import VisionTransformer
     except ImportError:
@@ -48,6 +48,7 @@ def _timm_vit(spec: VitSpec, image_size: int) -> nn.Module:
         qkv_bias=True,
         num_classes=0,
         global_pool="token",
+        drop_path_rate=drop_path,  # stochastic depth, linear in depth from 0 (MAE: timm's drop_path_rate)
     )
 
 
@@ -107,16 +108,37 @@ def pos_embed_method(source_format: str) -> str:
     return {"dino": "dino", "torchvision-vit": "torchvision"}.get(source_format, "size")
 
 
-def build_vit(arch: str, state_dict: dict[str, torch.Tensor], image_size: int, method: str) -> nn.Module:
-    """The canonical ViT for ``image_size`` px inputs, loaded strictly from ``state_dict`` (its
-    position embeddings resized to the evaluation grid by ``method``); forward gives the CLS token."""
+def resized_state(
+    arch: str, state_dict: dict[str, torch.Tensor], image_size: int, method: str
+) -> dict[str, torch.Tensor]:
+    """``state_dict`` with its position embeddings resized by ``method`` to ``image_size``'s patch grid:
+    what :func:`build_vit` loads."""
     spec = parse_vit_arch(arch)
     if image_size % spec.patch:
         raise CheckpointError(
             f"{arch}: --image-size {image_size} is not a multiple of the patch size {spec.patch}"
         )
-    model = _timm_vit(spec, image_size)
+    if "pos_embed" not in state_dict:
+        raise CheckpointError(f"{arch}: the state dict has no pos_embed")
     state = dict(state_dict)
     state["pos_embed"] = resize_pos_embed(state["pos_embed"], image_size // spec.patch, method)
-    model.load_state_dict(state, strict=True)
+    return state
+
+
+def build_vit(
+    arch: str, state_dict: dict[str, torch.Tensor], image_size: int, method: str, drop_path: float = 0.0
+) -> nn.Module:
+    """The canonical ViT for ``image_size`` px inputs, loaded strictly from ``state_dict`` (its
+    position embeddings resized to the evaluation grid by ``method``); forward gives the CLS token.
+    ``drop_path``: timm's ``drop_path_rate`` (stochastic depth while training; fine-tuning only)."""
+    model = _timm_vit(parse_vit_arch(arch), image_size, drop_path)
+    model.load_state_dict(resized_state(arch, state_dict, image_size, method), strict=True)
     return model
+
+
+def last_block_patch_tokens(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """``(B, N, D)`` patch tokens (class token left out) after the last block, before the final norm:
+    what MAE's global pooling averages (models_vit.py ``x[:, 1:, :].mean(dim=1)``)."""
+    return model.forward_intermediates(  # type: ignore[operator]
+        images, indices=1, norm=False, output_fmt="NLC", intermediates_only=True
+    )[-1]

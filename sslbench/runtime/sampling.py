@@ -3,12 +3,15 @@
 * :class:`SeededBatches`: global batch ``s`` is batch ``s % E`` of epoch ``s // E`` of a permutation
   seeded by ``(seed, epoch)``; rank ``r`` of ``world`` takes the ``r``-th contiguous slice of it, so
   the ranks' slices in rank order are the one-process batch. Resuming at step ``s`` needs no replay.
-* :class:`SeededSamples` / :func:`sample_rng`: the CPU RNG seeded from ``(seed, epoch, index)`` while
-  a sample is made, then restored: augmentation depends on neither the worker nor the world size.
+* :class:`SeededSamples` / :func:`sample_rng`: the CPU RNGs (torch's, numpy's and Python's global
+  ones: timm's RandAugment draws from the last two) seeded from ``(seed, epoch, index)`` while a
+  sample is made, then restored: augmentation depends on neither the worker nor the world size.
+* :func:`numpy_rng`: numpy's global RNG seeded for one call (timm's ``Mixup`` draws from it).
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -77,11 +80,29 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 
 
 @contextmanager
-def sample_rng(seed: int, epoch: int, index: int) -> Iterator[None]:
-    """The global CPU generator seeded for one sample, restored afterwards."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(sample_seed(seed, epoch, index))
+def numpy_rng(*key: int) -> Iterator[None]:
+    """numpy's global generator seeded from ``key`` (integers), restored afterwards."""
+    saved = np.random.get_state()
+    np.random.seed(np.random.SeedSequence(list(key)).generate_state(1)[0])
+    try:
         yield
+    finally:
+        np.random.set_state(saved)
+
+
+@contextmanager
+def sample_rng(seed: int, epoch: int, index: int) -> Iterator[None]:
+    """The global CPU generators (torch, numpy, Python's ``random``) seeded for one sample, restored
+    afterwards."""
+    number = sample_seed(seed, epoch, index)
+    python_state = random.getstate()
+    random.seed(number)
+    try:
+        with torch.random.fork_rng(devices=[]), numpy_rng(seed, epoch, index):
+            torch.manual_seed(number)
+            yield
+    finally:
+        random.setstate(python_state)
 
 
 class SeededSamples(Dataset):
