@@ -7,6 +7,8 @@
 * :func:`train_transform`: RandomResizedCrop 224 + horizontal flip, MoCo ``main_lincls.py``
   (scale 0.08-1, torchvision's default; the FT repo's linear probe uses 0.2-1); bilinear by
   default, bicubic for ssl-transfer's fine-tuning.
+* :func:`mae_train_transform`: MAE ``main_linprobe.py``'s RandomResizedCrop 224 (bicubic) + flip, with
+  its crop rule (:class:`SingleDrawResizedCrop`, MAE ``util/crop.py``).
 
 All normalise with the ImageNet mean and std. Where a protocol resizes to 256 before a 224 crop,
 the resize is ``round(image_size / 0.875)`` so that the 224/256 ratio is kept at any size.
@@ -15,7 +17,11 @@ A transform's ``repr`` lists every parameter; the feature cache keys on it.
 
 from __future__ import annotations
 
+import math
+
+import torch
 from torchvision import transforms as T
+from torchvision.transforms import functional as TF
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -74,6 +80,39 @@ def train_transform(
 def describe_transform(transform: object) -> str:
     """One line naming every step and parameter of ``transform`` (its ``repr``, whitespace folded)."""
     return " ".join(repr(transform).split())
+
+
+class SingleDrawResizedCrop(T.RandomResizedCrop):
+    """RandomResizedCrop with MAE's crop rule (MAE ``util/crop.py``, after BYOL's TensorFlow code): one
+    draw of area fraction and log aspect ratio, the box clipped to the image, instead of torchvision's
+    up-to-ten tries with a centre-crop fallback. The draws use the global torch generator, in MAE's order
+    (area, aspect ratio, top, left)."""
+
+    @staticmethod
+    def get_params(img: object, scale: list[float], ratio: list[float]) -> tuple[int, int, int, int]:  # type: ignore[override]
+        width, height = TF.get_image_size(img)  # type: ignore[arg-type]
+        area = height * width
+        target_area = area * torch.empty(1).uniform_(scale[0], scale[1]).item()
+        low, high = torch.log(torch.tensor(ratio)).tolist()  # float32, as MAE takes the log of a tensor
+        aspect = torch.exp(torch.empty(1).uniform_(low, high)).item()  # exp in float32, as MAE
+        w = min(round(math.sqrt(target_area * aspect)), width)
+        h = min(round(math.sqrt(target_area / aspect)), height)
+        top = int(torch.randint(0, height - h + 1, size=(1,)).item())
+        left = int(torch.randint(0, width - w + 1, size=(1,)).item())
+        return top, left, h, w
+
+
+def mae_train_transform(
+    image_size: int = DEFAULT_IMAGE_SIZE, scale: tuple[float, float] = MOCO_CROP_SCALE
+) -> T.Compose:
+    """MAE main_linprobe.py: :class:`SingleDrawResizedCrop` ``image_size`` (bicubic) + horizontal flip."""
+    return T.Compose(
+        [
+            SingleDrawResizedCrop(image_size, scale=scale, interpolation=T.InterpolationMode.BICUBIC),
+            T.RandomHorizontalFlip(),
+            *_to_normalised_tensor(),
+        ]
+    )
 
 
 def check_randaug(config_str: str) -> list[str]:

@@ -39,8 +39,14 @@ from sslbench.runtime.arguments import add_runtime_arguments
 
 KNN_SOURCE = "DINO eval_knn.py (Caron et al. 2021); k=200, T=0.1 from InstDisc (Wu et al. 2018)"
 LBFGS_SOURCE = "ssl-transfer linear.py (Ericsson et al. CVPR 2021)"
-SGD_SOURCE = "MoCo main_lincls.py (He et al. 2020)"
 WD_TEXT = "-6, 5"
+DINO_RESNET_FEATURE = (
+    "avgpool of the canonical backbone (DINO eval_linear.py on torchvision archs: fc = Identity), frozen, "
+    "eval mode"
+)
+MAE_FEATURE = (
+    "CLS token after the final LayerNorm (MAE main_linprobe's default: global_pool off), frozen, eval mode"
+)
 
 
 @dataclass
@@ -56,8 +62,11 @@ class _Run:
     model: Any  # () -> nn.Module, built at most once
     started_at: str  # when the command began, for the record
 
-    def split(self, split: str, transform: Any) -> tuple[Any, Any]:
-        """The dataset split and its features (from the cache when there)."""
+    def split(
+        self, split: str, transform: Any, model: Any = None, identity: str | None = None
+    ) -> tuple[Any, Any]:
+        """The dataset split and its features (from the cache when there); ``model`` (a factory) and
+        ``identity`` (what the cache keys on) replace the checkpoint's evaluated backbone's."""
         from sslbench.data.registry import build_dataset
         from sslbench.data.transforms import describe_transform
         from sslbench.evaluate.features import FeatureKey, split_features
@@ -70,7 +79,7 @@ class _Run:
             raise ConfigError(f"{args.dataset}: the {split} split is empty under {args.root}")
         precision = Precision(self.device).name
         key = FeatureKey.of(
-            feature_identity(self.ckpt),
+            identity if identity is not None else feature_identity(self.ckpt),
             dataset,
             args.root,
             self.options,
@@ -78,7 +87,7 @@ class _Run:
             precision,
         )
         features = split_features(
-            dataset, key, self.model, self.cache, self.runtime, args.batch_size, args.workers
+            dataset, key, model or self.model, self.cache, self.runtime, args.batch_size, args.workers
         )
         return dataset, features
 
@@ -263,37 +272,131 @@ def _linear_lbfgs(args: argparse.Namespace, run: _Run) -> Any:
     return ("linear-lbfgs", LBFGS_SOURCE, settings), parts["trainval"][0], test_ds, result.metrics, extra
 
 
-def _linear_sgd(args: argparse.Namespace, run: _Run) -> Any:
+def _linear_recipe(args: argparse.Namespace, arch: str) -> Any:
+    """The recipe of ``--protocol sgd|dino|mae`` from the options (defaults already resolved)."""
+    from sslbench.evaluate.linear_recipes import DinoLinearRecipe, MaeLinearRecipe, MocoLinearRecipe
+    from sslbench.evaluate.protocol_defaults import DinoLinearSettings, MaeLinearSettings
+    from sslbench.models.vit_archs import is_vit_arch
 
-    from sslbench.data.registry import build_dataset
-    from sslbench.data.transforms import describe_transform, eval_transform, train_transform
-    from sslbench.evaluate.features import describe_splits
-    from sslbench.evaluate.linear import (
-        SgdSettings,
-        check_backbone_unchanged,
-        epoch_loaders,
-        head_scores,
-        train_linear_head,
+    common = {
+        "epochs": args.epochs,
+        "weight_decay": args.weight_decay,
+        "batch_size": args.batch_size,
+        "crop_scale": (args.crop_scale, 1.0),
+        "seed": args.seed,
+    }
+    if args.protocol == "sgd":
+        return MocoLinearRecipe(SgdSettings(lr=args.lr, milestones=tuple(args.milestones), **common))
+    if args.protocol == "dino":
+        n_last, avgpool = _dino_layout(args, arch) if is_vit_arch(arch) else _dino_resnet(args, arch)
+        return DinoLinearRecipe(
+            DinoLinearSettings(
+                base_lr=args.base_lr,
+                lr=args.lr,
+                n_last_blocks=n_last,
+                avgpool_patchtokens=avgpool,
+                **common,
+            )
+        )
+    return MaeLinearRecipe(
+        MaeLinearSettings(base_lr=args.base_lr, lr=args.lr, warmup_epochs=args.warmup_epochs, **common)
     )
-    from sslbench.evaluate.metrics import accuracy_metrics
-    from sslbench.models.archs import feature_dim
+
+
+def _dino_resnet(args: argparse.Namespace, arch: str) -> tuple[None, None]:
+    """DINO eval_linear.py on a torchvision ResNet: ``fc = Identity``, the pooled feature; no blocks."""
+    if args.n_last_blocks is not None or args.avgpool_patchtokens is not None:
+        raise ConfigError(
+            f"--n-last-blocks / --avgpool-patchtokens on a ResNet ({arch}): DINO's eval_linear.py reads a "
+            "ResNet's pooled feature; they are for ViTs"
+        )
+    return None, None
+
+
+def _dino_layout(args: argparse.Namespace, arch: str) -> tuple[int, bool]:
+    """``(n_last_blocks, avgpool_patchtokens)``: the options where given, else DINO's recipe for the
+    ViT's width (:func:`~sslbench.evaluate.protocol_defaults.dino_recipe_for_width`), checked
+    against the ViT's depth."""
+    from sslbench.evaluate.protocol_defaults import dino_recipe_for_width
+    from sslbench.models.vit_archs import parse_vit_arch
+    from sslbench.models.vit_features import check_dino_layout
+
+    spec = parse_vit_arch(arch)
+    n_default, avgpool_default = dino_recipe_for_width(spec.width)
+    n_last = args.n_last_blocks if args.n_last_blocks is not None else n_default
+    avgpool = args.avgpool_patchtokens if args.avgpool_patchtokens is not None else avgpool_default
+    try:
+        check_dino_layout(spec.depth, n_last, avgpool)
+    except ValueError as exc:
+        given = "" if args.n_last_blocks is not None else " (DINO's default for this width)"
+        raise ConfigError(f"--n-last-blocks {n_last}{given} on {arch}: {exc}") from None
+    return n_last, avgpool
+
+
+def _linear_features(args: argparse.Namespace, run: _Run, recipe: Any) -> tuple[Any, int, str | None, dict]:
+    """The frozen module the head trains on, its output width, the feature cache identity of its
+    test features (None: the evaluated backbone's) and what the record says about the feature."""
+    from sslbench.models.backbones import feature_identity, feature_width
+
+    backbone = run.model()
+    if args.protocol == "sgd":
+        return backbone, feature_width(run.ckpt.arch), None, {}
+    if args.protocol == "dino" and recipe.settings.n_last_blocks is None:  # a ResNet
+        record = {"features": DINO_RESNET_FEATURE, "feature_dim": feature_width(run.ckpt.arch)}
+        return backbone, feature_width(run.ckpt.arch), None, record
+    if args.protocol == "mae":
+        record = {"features": MAE_FEATURE, "feature_dim": feature_width(run.ckpt.arch)}
+        return backbone, feature_width(run.ckpt.arch), None, record
+    from sslbench.evaluate.protocol_defaults import DINO_RECIPE_RULE
+    from sslbench.models.vit_features import DinoLinearFeatures, describe_dino_layout, dino_feature_dim
+
+    s = recipe.settings
+    module = DinoLinearFeatures(backbone, s.n_last_blocks, s.avgpool_patchtokens)
+    width = dino_feature_dim(backbone.embed_dim, s.n_last_blocks, s.avgpool_patchtokens)
+    layout = f"n{s.n_last_blocks}:avgpool{int(s.avgpool_patchtokens)}"
+    identity = f"{feature_identity(run.ckpt)}/dino-linear:{layout}"
+    given = args.n_last_blocks is not None or args.avgpool_patchtokens is not None
+    record = {
+        "features": describe_dino_layout(s.n_last_blocks, s.avgpool_patchtokens),
+        "feature": "dino-last-blocks-cls" + ("+avgpool" if s.avgpool_patchtokens else ""),
+        "feature_dim": width,
+        "layout_choice": "given by --n-last-blocks / --avgpool-patchtokens" if given else DINO_RECIPE_RULE,
+    }
+    return module, width, identity, record
+
+
+def _train_transform(args: argparse.Namespace, crop_scale: tuple[float, float]) -> Any:
+    """MoCo's and DINO's RandomResizedCrop (bilinear) + flip; MAE's bicubic single-draw crop + flip."""
+    from sslbench.data.transforms import mae_train_transform, train_transform
+
+    if args.protocol == "mae":
+        return mae_train_transform(args.image_size, crop_scale)
+    return train_transform(args.image_size, crop_scale)
+
+
+def _linear_trained(args: argparse.Namespace, run: _Run) -> Any:
+    """``--protocol sgd|dino|mae``: train the recipe's head on the frozen features over augmented
+    trainval images, check the backbone did not move, score the last epoch's head on test."""
+    from sslbench.data.registry import build_dataset
+    from sslbench.data.transforms import describe_transform, eval_transform
+    from sslbench.evaluate.linear import check_backbone_unchanged, epoch_loaders, train_linear_head
+    from sslbench.evaluate.linear_recipes import LAST_EPOCH_NOTE
     from sslbench.runtime.progress import MetricsLog
 
-    settings = SgdSettings(
-        epochs=args.epochs,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        batch_size=args.batch_size,
-        milestones=tuple(args.milestones),
-        crop_scale=(args.crop_scale, 1.0),
-        seed=args.seed,
-    )
-    augment = train_transform(args.image_size, settings.crop_scale)
+    recipe = _linear_recipe(args, run.ckpt.arch)
+    augment = _train_transform(args, recipe.settings.crop_scale)
     trainval = build_dataset(args.dataset, args.root, "trainval", augment, **run.options)
 
     runtime = run.runtime
-    loader_for_epoch = epoch_loaders(trainval, settings, runtime, args.workers)
-    backbone = run.model()
+    loader_for_epoch = epoch_loaders(trainval, recipe.settings, runtime, args.workers, recipe.drop_last)
+    backbone, width, identity, feature_record = _linear_features(args, run, recipe)
+    # MoCo's sanity_check compares with the checkpoint; a ViT's resized positions are compared with
+    # the backbone as built, before training
+    reference = (
+        run.ckpt.state_dict
+        if args.protocol == "sgd"
+        else {k: v.detach().cpu().clone() for k, v in backbone.state_dict().items()}
+    )
     state_path = Path(args.out) / "linear_state.pth"
     fingerprint = {
         "checkpoint": run.ckpt.sha256,
@@ -301,12 +404,14 @@ def _linear_sgd(args: argparse.Namespace, run: _Run) -> Any:
         "options": {k: v for k, v in run.options.items() if v is not None},
         "transform": describe_transform(augment),
     }
-    sgd = train_linear_head(
+    if args.protocol != "sgd":  # MoCo's fingerprint stays what earlier states hold
+        fingerprint["protocol"] = recipe.name
+    trained = train_linear_head(
         backbone,
-        feature_dim(run.ckpt.arch),
+        width,
         trainval.num_classes,
         loader_for_epoch,
-        settings,
+        recipe,
         run.device,
         state_path,
         fingerprint,
@@ -314,46 +419,99 @@ def _linear_sgd(args: argparse.Namespace, run: _Run) -> Any:
         allow_change=args.allow_config_change,
         metrics=MetricsLog(Path(args.out), runtime.main, args.tensorboard),
     )
-    check_backbone_unchanged(backbone, run.ckpt.state_dict)
-    test_ds, test = run.split("test", eval_transform(args.image_size))  # a collective under DDP
+    check_backbone_unchanged(backbone, reference)
+    test_transform = eval_transform(args.image_size)
+    model = None if identity is None else (lambda: backbone)
+    test_ds, test = run.split("test", test_transform, model, identity)  # a collective under DDP
     if not runtime.main:
         return None
-    metrics = accuracy_metrics(head_scores(sgd.head, test.features), test.labels)
+    metrics = _head_metrics(trained.head, test)
     protocol_settings = {
-        **settings.as_dict(),
-        "optimizer": "SGD on the head only; backbone frozen in eval mode",
-        "head_init": "N(0, 0.01), bias 0",
+        **recipe.describe(),
         "train_split": "trainval",
         "test_split": "test",
         "train_transform": describe_transform(augment),
         "test_metric_epoch": "last",
-        **_common_settings(run, eval_transform(args.image_size)),
+        **_common_settings(run, test_transform),
+        **feature_record,
     }
-    extra = {
-        "history": sgd.history,
-        "resumed_from_epoch": sgd.resumed_from,
+    if args.protocol != "sgd":
+        protocol_settings["test_metric_note"] = LAST_EPOCH_NOTE
+    return (recipe.name, recipe.source, protocol_settings), trainval, test_ds, metrics, _trained_extra(
+        trained, state_path, test
+    )
+
+
+def _trained_extra(trained: Any, state_path: Path, test: Any) -> dict[str, Any]:
+    """The record's ``extra`` of a trained probe: per-epoch history, resume and sanity-check facts."""
+    from sslbench.evaluate.features import describe_splits
+
+    return {
+        "history": trained.history,
+        "resumed_from_epoch": trained.resumed_from,
         "sanity_check": "backbone unchanged",
-        "config_changes": sgd.config_changes,
+        "config_changes": trained.config_changes,
         "state": str(state_path),
         "features": describe_splits([("test", test)]),
     }
-    return ("linear-sgd", SGD_SOURCE, protocol_settings), trainval, test_ds, metrics, extra
 
 
-def refuse_vit_sgd_probe(arch: str) -> None:
-    """MoCo's SGD recipe is a ResNet recipe; the ViT ones (DINO, MAE) are not in sslbench yet."""
+def _head_metrics(head: Any, test: Any) -> dict[str, float]:
+    """Top-1, top-5 and mean per-class accuracy of ``head`` on the test split's features."""
+    from sslbench.evaluate.linear import head_scores
+    from sslbench.evaluate.metrics import accuracy_metrics
+
+    return accuracy_metrics(head_scores(head, test.features), test.labels)
+
+
+def refuse_protocol_for_arch(protocol: str, arch: str) -> None:
+    """MoCo's SGD recipe is a ResNet recipe, MAE's a ViT one; DINO's eval_linear.py reads both."""
     from sslbench.models.vit_archs import is_vit_arch
 
-    if is_vit_arch(arch):
+    if protocol == "sgd" and is_vit_arch(arch):
         raise ConfigError(
-            f"linear --protocol sgd on a ViT ({arch}): MoCo's ResNet recipe does not apply and DINO's / "
-            "MAE's ViT linear recipes are not implemented yet; use --protocol lbfgs"
+            f"linear --protocol sgd on a ViT ({arch}): MoCo's ResNet recipe does not apply; use --protocol "
+            "dino (DINO eval_linear.py) or --protocol mae (MAE main_linprobe.py), or lbfgs"
         )
+    if protocol == "mae" and not is_vit_arch(arch):
+        raise ConfigError(
+            f"linear --protocol mae on a ResNet ({arch}): MAE's linear recipe is for ViT checkpoints; use "
+            "--protocol sgd (MoCo main_lincls.py), dino (DINO eval_linear.py) or lbfgs"
+        )
+
+
+def resolve_linear_defaults(args: argparse.Namespace) -> None:
+    """Fill the options left unset with the chosen protocol's defaults (each names its source);
+    refuse options that do not belong to it."""
+    from sslbench.evaluate.protocol_defaults import DinoLinearSettings, MaeLinearSettings
+
+    if args.protocol == "sgd" and args.base_lr is not None:
+        raise ConfigError("--base-lr is for --protocol dino|mae (MoCo's lr does not scale): use --lr")
+    if args.protocol in ("dino", "mae") and args.lr is not None and args.base_lr is not None:
+        raise ConfigError("--lr (absolute) and --base-lr (per 256 images) both given: choose one")
+    if args.protocol != "dino" and (args.n_last_blocks is not None or args.avgpool_patchtokens is not None):
+        raise ConfigError("--n-last-blocks and --avgpool-patchtokens are for --protocol dino")
+    if args.protocol != "mae" and args.warmup_epochs is not None:
+        raise ConfigError("--warmup-epochs is for --protocol mae")
+    defaults: Any = {"sgd": SgdSettings, "dino": DinoLinearSettings, "mae": MaeLinearSettings}.get(
+        args.protocol, SgdSettings
+    )()
+    if args.batch_size is None:
+        args.batch_size = defaults.batch_size  # lbfgs: the feature-extraction batch
+    if args.epochs is None:
+        args.epochs = defaults.epochs
+    if args.protocol == "sgd" and args.lr is None:
+        args.lr = defaults.lr
+    if args.protocol in ("dino", "mae") and args.base_lr is None:
+        args.base_lr = defaults.base_lr
+    if args.protocol == "mae" and args.warmup_epochs is None:
+        args.warmup_epochs = defaults.warmup_epochs
 
 
 def run_linear(args: argparse.Namespace) -> int:
     from sslbench.runtime.process import launched
 
+    resolve_linear_defaults(args)
     with launched(args.device) as runtime:
         return _run_linear(args, runtime)
 
@@ -362,9 +520,8 @@ def _run_linear(args: argparse.Namespace, runtime: Any) -> int:
     from sslbench.tools.records import ResultRecord, write_record
 
     run = _open_run(args, runtime)
-    if args.protocol == "sgd":
-        refuse_vit_sgd_probe(run.ckpt.arch)
-    probe = _linear_lbfgs if args.protocol == "lbfgs" else _linear_sgd
+    refuse_protocol_for_arch(args.protocol, run.ckpt.arch)
+    probe = _linear_lbfgs if args.protocol == "lbfgs" else _linear_trained
     outcome = probe(args, run)
     if outcome is None:  # not the main rank: its share is done
         return 0
@@ -384,7 +541,8 @@ def _run_linear(args: argparse.Namespace, runtime: Any) -> int:
     return 0
 
 
-def _add_common(p: argparse.ArgumentParser, batch_size: int) -> None:
+def _add_common(p: argparse.ArgumentParser, batch_size: int | None) -> None:
+    """``batch_size`` None: the protocol's default, filled in after parsing (linear)."""
     add_checkpoint_arguments(p)
     add_dataset_arguments(p)
     p.add_argument("--out", type=Path, required=True, help="run folder: result.json is written there")
@@ -392,7 +550,10 @@ def _add_common(p: argparse.ArgumentParser, batch_size: int) -> None:
         "--overwrite", action="store_true", help="replace a result.json already in --out (default: refuse)"
     )
     p.add_argument("--image-size", type=image_size, default=224, help="crop size (224 in the protocols)")
-    p.add_argument("--batch-size", type=positive_int, default=batch_size, help="images per batch")
+    by_protocol = "" if batch_size is not None else " (by protocol: lbfgs and sgd 256, dino 128, mae 512)"
+    p.add_argument(
+        "--batch-size", type=positive_int, default=batch_size, help=f"images per batch{by_protocol}"
+    )
     p.add_argument(
         "--workers",
         type=non_negative_int,
@@ -426,11 +587,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--chunk-size", type=positive_int, default=QUERY_CHUNK, help="queries per FAISS search")
     p.set_defaults(run=run_knn)
 
-    d = SgdSettings()
-    p = subparsers.add_parser("linear", help="linear probe: L-BFGS (ssl-transfer) or SGD (MoCo)")
-    _add_common(p, batch_size=d.batch_size)
+    _register_linear(subparsers)
+
+
+def _register_linear(subparsers: argparse._SubParsersAction) -> None:
+    from sslbench.evaluate.protocol_defaults import DinoLinearSettings, MaeLinearSettings
+
+    d, dino, mae = SgdSettings(), DinoLinearSettings(), MaeLinearSettings()
+    p = subparsers.add_parser(
+        "linear", help="linear probe: L-BFGS (ssl-transfer), SGD (MoCo), or the ViT recipes of DINO and MAE"
+    )
+    _add_common(p, batch_size=None)
     p.add_argument(
-        "--protocol", choices=("lbfgs", "sgd"), required=True, help="lbfgs (ssl-transfer) or sgd (MoCo)"
+        "--protocol",
+        choices=("lbfgs", "sgd", "dino", "mae"),
+        required=True,
+        help="lbfgs (ssl-transfer), sgd (MoCo main_lincls, ResNets), dino (DINO eval_linear, ViTs and "
+        "ResNets), mae (MAE main_linprobe, ViTs)",
     )
     g = p.add_argument_group("lbfgs (ssl-transfer)")
     g.add_argument(
@@ -440,24 +613,56 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="points of logspace(-6, 5, N) for wd=1/C",
     )
     g.add_argument("--max-iter", type=positive_int, default=LBFGS_MAX_ITER, help="L-BFGS iterations per fit")
-    g = p.add_argument_group("sgd (MoCo main_lincls)")
-    g.add_argument("--epochs", type=positive_int, default=d.epochs, help="training epochs")
+    g = p.add_argument_group("sgd (MoCo main_lincls), dino (DINO eval_linear), mae (MAE main_linprobe)")
     g.add_argument(
-        "--lr", type=positive_float, default=d.lr, help="SGD learning rate (MoCo: 30 at batch 256)"
+        "--epochs",
+        type=positive_int,
+        help=f"training epochs (sgd {d.epochs}, dino {dino.epochs}, mae {mae.epochs})",
     )
-    g.add_argument("--weight-decay", type=non_negative_float, default=d.weight_decay, help="SGD weight decay")
+    g.add_argument(
+        "--lr",
+        type=positive_float,
+        help=f"absolute learning rate (sgd: default {d.lr}, MoCo's at any batch; dino/mae: replaces "
+        "--base-lr x batch / 256)",
+    )
+    g.add_argument(
+        "--base-lr",
+        type=positive_float,
+        help=f"dino/mae: lr per 256 images, lr = base x --batch-size / 256 (DINO --lr {dino.base_lr}, "
+        f"MAE --blr {mae.base_lr})",
+    )
+    g.add_argument(
+        "--weight-decay", type=non_negative_float, default=d.weight_decay, help="weight decay (0 in all)"
+    )
     g.add_argument(
         "--milestones",
         type=unit_fraction,
         nargs="+",
         default=list(d.milestones),
-        help="lr x0.1 at these fractions of training",
+        help="sgd: lr x0.1 at these fractions of training",
     )
     g.add_argument(
         "--crop-scale",
         type=unit_fraction,
         default=d.crop_scale[0],
-        help="RandomResizedCrop min scale (FT repo: 0.2)",
+        help="RandomResizedCrop min scale (0.08 in MoCo, DINO and MAE; FT repo: 0.2)",
+    )
+    g.add_argument(
+        "--n-last-blocks",
+        type=positive_int,
+        help="dino: concatenate the CLS tokens of the last N blocks (default by width: 4 below 768, "
+        "DINO's ViT-S recipe; 1 from 768, its ViT-B recipe)",
+    )
+    g.add_argument(
+        "--avgpool-patchtokens",
+        action=argparse.BooleanOptionalAction,
+        help="dino: add the last block's average-pooled patch tokens (needs --n-last-blocks 1; "
+        "default by width: on from 768, DINO's ViT-B recipe)",
+    )
+    g.add_argument(
+        "--warmup-epochs",
+        type=non_negative_int,
+        help=f"mae: linear warm-up epochs before the half-cycle cosine (MAE: {mae.warmup_epochs})",
     )
     add_runtime_arguments(g)
     p.set_defaults(run=run_linear)

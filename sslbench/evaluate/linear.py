@@ -1,4 +1,4 @@
-"""Linear probes on a frozen backbone: L-BFGS on cached features, and the SGD protocol of MoCo.
+"""Linear probes on a frozen backbone: L-BFGS on cached features, and trained heads (MoCo, DINO, MAE).
 
 * :func:`lbfgs_probe`: ssl-transfer ``linear.py`` (Ericsson et al. CVPR 2021). Multinomial
   logistic regression (scikit-learn, L-BFGS, ``warm_start=True``, its default ``max_iter=100``),
@@ -8,7 +8,9 @@
   arithmetic (:func:`c_grid`: wd in float32, the reciprocal in float64): a float64 grid differs by
   ~5e-8 relative, and through the warm starts and the capped iterations that can change the
   chosen C and the test score by more than a point.
-* :func:`train_linear_head`: MoCo ``main_lincls.py`` (He et al. 2020). A ``Linear(D, C)`` head
+* :func:`train_linear_head`: one loop for the SGD-style recipes of :mod:`~sslbench.evaluate.linear_recipes`
+  (MoCo's, DINO's, MAE's: head, optimizer, per-epoch or per-iteration lr). MoCo's
+  ``main_lincls.py`` (He et al. 2020), the default: a ``Linear(D, C)`` head
   (weights N(0, 0.01), bias 0) on the frozen backbone kept in eval mode (BN statistics fixed),
   SGD lr 30, momentum 0.9, weight decay 0, batch 256, 100 epochs, lr x0.1 at epochs 60 and 80,
   RandomResizedCrop 224 + flip. The state is saved every epoch and a rerun resumes from it (a stop
@@ -35,7 +37,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from sslbench.atomic import torch_save
 from sslbench.checkpoints.canonical import tensors_differing
-from sslbench.errors import ConfigError
+from sslbench.errors import CheckpointError, ConfigError
+from sslbench.evaluate.linear_recipes import LinearRecipe, Scheduler, as_recipe
 from sslbench.evaluate.metrics import AccuracyTally
 from sslbench.evaluate.protocol_defaults import C_GRID_SIZE, LBFGS_MAX_ITER, WD_RANGE, SgdSettings
 from sslbench.runtime.precision import Precision
@@ -126,33 +129,30 @@ def lbfgs_probe(
     return LbfgsResult(best_c, sweep, metrics, predictions)
 
 
-def linear_head(feature_dim: int, num_classes: int) -> nn.Linear:
-    """``Linear(D, C)``, weights N(0, 0.01), bias 0 (MoCo main_lincls)."""
-    head = nn.Linear(feature_dim, num_classes)
-    nn.init.normal_(head.weight, mean=0.0, std=0.01)
-    nn.init.zeros_(head.bias)
-    return head
-
-
 @dataclass
 class SgdRun:
-    head: nn.Linear
+    head: nn.Module
     history: list[dict[str, float]] = field(default_factory=list)  # per epoch: loss, lr, train top-1
     resumed_from: int = 0  # epochs already done when this run started
     config_changes: list[dict[str, Any]] = field(default_factory=list)  # allowed on resume
 
 
 def epoch_loaders(
-    dataset: Dataset, settings: SgdSettings, runtime: Runtime, workers: int = 0
+    dataset: Dataset,
+    settings: Any,
+    runtime: Runtime,
+    workers: int = 0,
+    drop_last: bool = False,
 ) -> Callable[[int], DataLoader]:
     """``loader(epoch)``: this rank's share of each global batch of ``settings.batch_size`` in
     ``epoch``, seeded by (seed, epoch) and augmented by (seed, epoch, index) whatever the world size
-    (:mod:`sslbench.runtime.sampling`); the last, incomplete batch is kept (main_lincls: drop_last
-    False)."""
+    (:mod:`sslbench.runtime.sampling`). ``drop_last``: False keeps the last, incomplete batch
+    (main_lincls, DINO eval_linear), True drops it (MAE main_linprobe). ``settings``: any recipe's
+    settings (``batch_size``, ``seed``)."""
     if settings.batch_size % runtime.world:
         raise ConfigError(f"--batch-size {settings.batch_size} is not divisible by {runtime.world} processes")
     size = len(dataset)  # type: ignore[arg-type]
-    per_epoch = steps_per_epoch(size, settings.batch_size, runtime.world, drop_last=False)
+    per_epoch = steps_per_epoch(size, settings.batch_size, runtime.world, drop_last=drop_last)
     samples = SeededSamples(dataset, settings.seed)
 
     def loader(epoch: int) -> DataLoader:
@@ -164,7 +164,7 @@ def epoch_loaders(
             (epoch + 1) * per_epoch,
             runtime.rank,
             runtime.world,
-            drop_last=False,
+            drop_last=drop_last,
         )
         pin = runtime.device.type == "cuda"
         return DataLoader(samples, batch_sampler=batches, num_workers=workers, pin_memory=pin)
@@ -204,12 +204,52 @@ def _load_probe_state(
     return state
 
 
+@dataclass
+class _Trainer:
+    """The head, its optimizer and epoch scheduler (if the recipe has one), and the run so far."""
+
+    head: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Scheduler | None
+    run: SgdRun
+
+    def restore(self, state: dict[str, Any], path: Path) -> None:
+        try:
+            self.head.load_state_dict(state["head"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            if self.scheduler is not None:
+                self.scheduler.load_state_dict(state["scheduler"])
+        except (RuntimeError, KeyError, ValueError) as exc:  # another recipe's head (an allowed change)
+            why = str(exc).strip().splitlines()[0]
+            raise CheckpointError(
+                f"{path}: its head or optimizer state does not fit this probe ({why}); use another --out"
+            ) from None
+        torch.set_rng_state(state["rng"])
+        self.run.history = list(state["history"])
+        self.run.resumed_from = len(self.run.history)
+        self.run.config_changes = list(state.get("config_changes", []))
+
+    def save(self, path: Path, fingerprint: dict[str, Any]) -> None:
+        torch_save(
+            {
+                "fingerprint": fingerprint,
+                "head": self.head.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict() if self.scheduler is not None else {},
+                "rng": torch.get_rng_state(),
+                "history": self.run.history,
+                "config_changes": self.run.config_changes,
+            },
+            path,
+        )
+
+
 def train_linear_head(
     backbone: nn.Module,
     feature_dim: int,
     num_classes: int,
     loader_for_epoch: Callable[[int], DataLoader],
-    settings: SgdSettings,
+    recipe: LinearRecipe | SgdSettings,
     device: torch.device,
     state_path: Path | None = None,
     fingerprint: dict[str, Any] | None = None,
@@ -218,39 +258,36 @@ def train_linear_head(
     allow_change: bool = False,
     metrics: MetricsLog | None = None,
 ) -> SgdRun:
-    """Train a linear head on ``backbone`` (frozen, eval mode) for ``settings.epochs`` epochs over
+    """Train ``recipe``'s head (MoCo's for plain :class:`SgdSettings`) on ``backbone`` (frozen, eval
+    mode; its output is the feature) for ``recipe.settings.epochs`` epochs over
     ``loader_for_epoch(epoch)`` (this rank's share of each global batch under DDP); resume from
     ``state_path`` when it holds the same ``fingerprint`` (another is refused unless ``allow_change``)."""
+    recipe = as_recipe(recipe)
+    settings = recipe.settings
     runtime = runtime if runtime is not None else Runtime(device=device)
     torch.manual_seed(settings.seed)
     precision = Precision(device)
     backbone = precision.model(backbone.eval())
     for p in backbone.parameters():
         p.requires_grad_(False)
-    head = linear_head(feature_dim, num_classes).to(device)
+    head = recipe.head(feature_dim, num_classes).to(device)
     net = runtime.wrap(head)
-    optimizer = torch.optim.SGD(
-        head.parameters(), lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay
-    )
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, settings.milestone_epochs(), settings.gamma)
-    run = SgdRun(head)
+    optimizer = recipe.optimizer(head)
+    trainer = _Trainer(head, optimizer, recipe.epoch_scheduler(optimizer), SgdRun(head))
     fingerprint = {"settings": settings.as_dict(), **(fingerprint or {})}
     state = _load_probe_state(state_path, fingerprint, allow_change)
-    if state is not None:
-        head.load_state_dict(state["head"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
-        run.history = list(state["history"])
-        run.resumed_from = len(run.history)
-        run.config_changes = list(state.get("config_changes", []))
+    if state is not None and state_path is not None:
+        trainer.restore(state, state_path)
+    run = trainer.run
 
     with catch_stop_signals() as stop:
         for epoch in range(run.resumed_from, settings.epochs):
-            lr = optimizer.param_groups[0]["lr"]
+            loader = loader_for_epoch(epoch)
+            lr_at = _iteration_schedule(recipe, epoch, len(loader))
+            lr = lr_at(0) if lr_at is not None else optimizer.param_groups[0]["lr"]
             desc = f"linear epoch {epoch + 1}/{settings.epochs}"
-            bar = Progress(len(loader := loader_for_epoch(epoch)), desc, 0, settings.batch_size, progress)
-            sums = _train_epoch(backbone, net, optimizer, loader, precision, runtime, stop, bar)
+            bar = Progress(len(loader), desc, 0, settings.batch_size, progress)
+            sums = _train_epoch(backbone, net, optimizer, loader, precision, runtime, stop, bar, lr_at)
             bar.close()
             if sums is None:
                 raise TrainingInterrupted(
@@ -259,26 +296,24 @@ def train_linear_head(
                     bar.step,
                     f" at the end of epoch {epoch}; the rerun redoes epoch {epoch + 1}",
                 )
-            scheduler.step()
+            if trainer.scheduler is not None:
+                trainer.scheduler.step()
             row = _epoch_row(epoch, lr, *sums, runtime)
             run.history.append(row)
             if metrics is not None:
                 metrics.write("linear", epoch + 1, **{k: v for k, v in row.items() if k != "epoch"})
             if state_path is not None and runtime.main:
-                torch_save(
-                    {
-                        "fingerprint": fingerprint,
-                        "head": head.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(),
-                        "rng": torch.get_rng_state(),
-                        "history": run.history,
-                        "config_changes": run.config_changes,
-                    },
-                    state_path,
-                )
+                trainer.save(state_path, fingerprint)
             runtime.barrier()
     return run
+
+
+def _iteration_schedule(recipe: LinearRecipe, epoch: int, steps: int) -> Callable[[int], float] | None:
+    """``step -> lr`` for a recipe that sets the lr every iteration (MAE: at ``step / steps + epoch``,
+    as its engine computes the fractional epoch), None for one with an epoch scheduler."""
+    if not recipe.lr_per_iteration:
+        return None
+    return lambda step: recipe.iteration_lr(step / steps + epoch)
 
 
 def _train_epoch(
@@ -290,15 +325,19 @@ def _train_epoch(
     runtime: Runtime,
     stop: StopSignal,
     bar: Progress,
+    lr_at: Callable[[int], float] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, int] | None:
-    """One epoch of SGD on ``head`` over the frozen ``backbone``'s features: the summed loss, the
+    """One epoch of training ``head`` over the frozen ``backbone``'s features: the summed loss, the
     correct count (both on the device: no host sync per step) and the sample count; ``None`` when a
-    stop signal ended it early."""
+    stop signal ended it early. ``lr_at(step)``: the lr set before each step (0-based), if any."""
     head.train()
     total_loss = torch.zeros((), device=precision.device)
     correct = torch.zeros((), dtype=torch.long, device=precision.device)
     seen = 0
     for step, (images, labels) in enumerate(loader, 1):
+        if lr_at is not None:
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step - 1)
         labels = torch.as_tensor(labels, dtype=torch.long).to(precision.device, non_blocking=True)
         with torch.no_grad(), precision.autocast():
             features = backbone(precision.images(images))
@@ -338,8 +377,9 @@ def check_backbone_unchanged(backbone: nn.Module, reference: dict[str, torch.Ten
 
 
 @torch.no_grad()
-def head_scores(head: nn.Linear, features: torch.Tensor, batch_size: int = 65536) -> torch.Tensor:
-    """``(M, C)`` logits of the head on frozen features ``(M, D)``, on the CPU."""
+def head_scores(head: nn.Module, features: torch.Tensor, batch_size: int = 65536) -> torch.Tensor:
+    """``(M, C)`` logits of the head (eval mode: a BatchNorm uses its running statistics) on frozen
+    features ``(M, D)``, on the CPU."""
     head = head.eval().cpu().float()
     return torch.cat(
         [head(features[i : i + batch_size].float()) for i in range(0, len(features), batch_size)]
