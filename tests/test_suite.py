@@ -139,6 +139,21 @@ def test_the_run_folder_follows_the_task_settings_not_the_checkpoint_path(tmp_pa
     assert a.argv[:2] == ("linear", "/x/a.pth") and "--protocol" in a.argv
 
 
+@pytest.mark.parametrize("name", ["paper", "quick"])
+def test_every_job_of_a_shipped_suite_is_a_command_line_the_cli_accepts(name: str, tmp_path: Path) -> None:
+    """A typo in a shipped suite's options would only show on the cluster, days in: parse them all now."""
+    from sslbench.cli import parse_command_line
+
+    suite = load_suite(name, ["data_root=/data"])
+    for job in plan_jobs(suite, [(Path("/c.pth"), "2" * 64)], tmp_path):
+        args = parse_command_line(list(job.argv))
+        assert args.command == job.argv[0], job.argv
+    families = {task.name: task.family for task in suite.tasks}
+    if name == "paper":  # MoCo's probe and detection for ResNets, DINO's probe for ViTs, the rest for both
+        assert families["in1k-linear"] == families["voc-detection"] == families["coco-detection"] == "resnet"
+        assert families["in1k-linear-dino"] == "vit" and families["cub-finetune"] == "any"
+
+
 def test_detection_tasks_run_detect_once_for_all_seeds_on_the_tasks_gpus(tmp_path: Path) -> None:
     suite = load_suite("paper", ["data_root=/data"])
     jobs = plan_jobs(suite, [(Path("/c.pth"), "2" * 64)], tmp_path)
