@@ -217,8 +217,8 @@ def test_coretuning_variant_options_reach_the_loss_and_the_record(
     core = settings["coretuning"]
     assert (core["reduction"], core["positives"], core["ce_mean"]) == ("paper", "same_class", "separate")
     assert settings["grid_size"] is None and settings["grid"].startswith("none")
+    assert "lr 0.01 wd 0 (given: no grid)" in capsys.readouterr().out  # not "chosen on val"
 
-    capsys.readouterr()
     for key, bad in (("reduction", "mean"), ("positives", "all"), ("ce_mean", "0"), ("reduction", "nan")):
         folder = tmp_path / f"bad_{key}_{bad}"
         assert (

@@ -120,7 +120,8 @@ def _print_outcome(outcome: Outcome, method: str, select: str) -> None:
             f"lr {row['lr']:<9.3g} wd {row['weight_decay']:<9.3g} val top1 {row['val_top1']:6.2f}  "
             f"mean/class {row['val_mean_per_class']:6.2f}" + ("  (done earlier)" if row["skipped"] else "")
         )
-    print(f"chosen lr {outcome.lr:.3g} wd {outcome.weight_decay:.3g} (on val {select})")
+    how = f"chosen on val {select}" if outcome.grid else "given: no grid"
+    print(f"lr {outcome.lr:.3g} wd {outcome.weight_decay:.3g} ({how})")
     _print_metrics(f"finetune {method}", outcome.metrics)
 
 
