@@ -17,7 +17,7 @@ import torch
 from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import VisionTransformer
 from timm.optim import param_groups_layer_decay
-from vit_sources import ARCH, DEPTH, HEADS, IMAGE, PATCH, SOURCES, WIDTH, backbone_of, tiny_vit
+from vit_sources import ARCH, DEPTH, HEADS, IMAGE, LAYOUTS, PATCH, SOURCES, WIDTH, backbone_of, tiny_vit
 
 from sslbench.checkpoints.readers import read_checkpoint
 from sslbench.cli import main, parse_command_line
@@ -54,7 +54,7 @@ def vit() -> VisionTransformer:
 def files(vit: VisionTransformer, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("vit_ft_ckpts")
     paths = {}
-    for name in ("dino", "mocov3", "mae", "timm"):
+    for name in LAYOUTS:
         paths[name] = folder / f"{name}.pth"
         torch.save(SOURCES[name][0](vit), paths[name])
     return paths
@@ -93,7 +93,7 @@ def _mae_decays(name: str, shape: torch.Size) -> bool:
     return len(shape) > 1 and name not in ("backbone.pos_embed", "backbone.cls_token")
 
 
-@pytest.mark.parametrize("source", ["dino", "mocov3", "mae", "timm"])
+@pytest.mark.parametrize("source", LAYOUTS)
 @pytest.mark.parametrize("config", ["ssl_transfer", "mae"])
 def test_finetune_runs_on_every_vit_source_and_leaves_a_record_and_a_readable_best_pth(
     source: str,

@@ -23,7 +23,7 @@ from timm.models.vision_transformer import VisionTransformer
 from timm.optim import Lars as TimmLars
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
-from vit_sources import ARCH, DEPTH, IMAGE, SOURCES, WIDTH, tiny_vit
+from vit_sources import ARCH, DEPTH, IMAGE, LAYOUTS, SOURCES, WIDTH, tiny_vit
 
 import sslbench.evaluate.linear as linear_module
 from sslbench.cli import main
@@ -51,7 +51,7 @@ def vit() -> VisionTransformer:
 def files(vit: VisionTransformer, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("vit_ckpts")
     paths = {}
-    for name in ("dino", "mocov3", "mae", "timm"):
+    for name in LAYOUTS:
         paths[name] = folder / f"{name}.pth"
         torch.save(SOURCES[name][0](vit), paths[name])
     return paths
@@ -262,7 +262,7 @@ def _linear(ckpt: Path, cub: Path, out: Path, protocol: str, *extra: str) -> lis
     return ["linear", str(ckpt), "--protocol", protocol, *data, *COMMON, *extra]
 
 
-@pytest.mark.parametrize("source", ["dino", "mocov3", "mae", "timm"])
+@pytest.mark.parametrize("source", LAYOUTS)
 def test_dino_and_mae_commands_run_on_every_source_layout_and_record_their_recipe(
     source: str, files: dict[str, Path], cub: Path, tmp_path: Path
 ) -> None:

@@ -4,7 +4,8 @@ Key names and nesting follow the sources' own saving code: DINO ``main_dino.py``
 teacher not, for ViTs; ``MultiCropWrapper`` -> ``backbone.`` / ``head.``), MoCo v3 ``main_moco.py``
 (DDP ``MoCo_ViT``: ``base_encoder`` whose ``head`` is the projector, ``momentum_encoder``,
 ``predictor``), MAE ``main_pretrain.py`` (``MaskedAutoencoderViT``: encoder, ``mask_token``,
-``decoder_*``) and timm (``model.state_dict()`` with its classifier ``head``).
+``decoder_*``), timm (``model.state_dict()`` with its classifier ``head``) and torchvision
+(``VisionTransformer.state_dict()``: ``conv_proj``, ``encoder.layers.encoder_layer_N``, ``heads``).
 """
 
 from __future__ import annotations
@@ -141,6 +142,39 @@ def timm_file(model: nn.Module) -> StateDict:
     return classifier.state_dict()
 
 
+def torchvision_file(model: nn.Module) -> StateDict:
+    """``torch.save(torchvision_vit.state_dict())`` of a torchvision ``VisionTransformer`` classifier
+    holding the same weights (loaded strictly: the real module's names and shapes); ``heads`` dropped."""
+    from torchvision.models.vision_transformer import VisionTransformer as TorchvisionViT
+
+    sd = backbone_of(model)
+    tv = TorchvisionViT(IMAGE, PATCH, DEPTH, HEADS, WIDTH, 4 * WIDTH, num_classes=10)
+    names = {
+        "class_token": "cls_token",
+        "conv_proj.weight": "patch_embed.proj.weight",
+        "conv_proj.bias": "patch_embed.proj.bias",
+        "encoder.pos_embedding": "pos_embed",
+        "encoder.ln.weight": "norm.weight",
+        "encoder.ln.bias": "norm.bias",
+    }
+    parts = (  # torchvision's EncoderBlock -> timm's Block; in_proj_weight / in_proj_bias are qkv's
+        ("ln_1.", "norm1."),
+        ("self_attention.in_proj_", "attn.qkv."),
+        ("self_attention.out_proj.", "attn.proj."),
+        ("ln_2.", "norm2."),
+        ("mlp.0.", "mlp.fc1."),
+        ("mlp.3.", "mlp.fc2."),
+    )
+    for i in range(DEPTH):
+        for theirs, ours in parts:
+            for kind in ("weight", "bias"):
+                names[f"encoder.layers.encoder_layer_{i}.{theirs}{kind}"] = f"blocks.{i}.{ours}{kind}"
+    state = {theirs: sd[ours] for theirs, ours in names.items()}
+    state |= {k: v for k, v in tv.state_dict().items() if k.startswith("heads.")}
+    tv.load_state_dict(state, strict=True)
+    return tv.state_dict()
+
+
 def backbone_of_head(model: nn.Module) -> StateDict:
     return {k: v for k, v in model.state_dict().items() if k.startswith("head.")}
 
@@ -163,4 +197,6 @@ SOURCES: dict[str, tuple[Callable[[nn.Module], Any], str, set[str]]] = {
         },
     ),
     "timm": (timm_file, "timm", {"head"}),
+    "torchvision": (torchvision_file, "torchvision-vit", {"heads"}),
 }
+LAYOUTS = ("dino", "mocov3", "mae", "timm", "torchvision")  # one per source (DINO's released file is timm's)
