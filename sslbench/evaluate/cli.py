@@ -25,6 +25,7 @@ from sslbench.evaluate.protocol_defaults import (
     QUERY_CHUNK,
     SgdSettings,
 )
+from sslbench.evaluate.reporting import dataset_record, print_metrics
 from sslbench.options import (
     image_size,
     knn_setting,
@@ -119,28 +120,6 @@ def _open_run(args: argparse.Namespace, runtime: Any) -> _Run:
     return _Run(args, ckpt, runtime, runtime.device, cache, options, lazy(backbone), started_at)
 
 
-def _dataset_record(
-    args: argparse.Namespace, train: Any, test: Any, options: dict[str, Any], uses_val: bool = False
-) -> dict[str, Any]:
-    """The record's ``dataset``; ``uses_val``: the protocol selects on ``val``, so say how it is made."""
-    from sslbench.data.registry import DATASETS
-    from sslbench.data.splits import describe_val_split
-
-    record = {
-        "name": args.dataset,
-        "root": str(args.root) if args.root is not None else None,
-        "split": test.split,
-        "train_split": train.split,
-        "num_classes": test.num_classes,
-        "num_train": len(train),
-        "num_test": len(test),
-        "options": {k: v for k, v in options.items() if v is not None},
-    }
-    if uses_val:
-        record["val_split"] = describe_val_split(DATASETS[args.dataset].official_val)
-    return record
-
-
 def _common_settings(run: _Run, transform: Any) -> dict[str, Any]:
     from sslbench.data.transforms import describe_transform
     from sslbench.models.backbones import feature_settings
@@ -154,13 +133,6 @@ def _common_settings(run: _Run, transform: Any) -> dict[str, Any]:
         "device": str(run.device),
         "world_size": run.runtime.world,
     }
-
-
-def _print_metrics(label: str, metrics: dict[str, float]) -> None:
-    print(
-        f"{label:24s} top1 {metrics['top1']:6.2f}  top5 {metrics['top5']:6.2f}  "
-        f"mean/class {metrics['mean_per_class']:6.2f}"
-    )
 
 
 def run_knn(args: argparse.Namespace) -> int:
@@ -191,7 +163,7 @@ def _run_knn(args: argparse.Namespace, runtime: Any) -> int:
     )
     table = [{"k": o.k, "T": o.temperature, "k_used": o.k_used, **o.metrics} for o in outcomes.values()]
     for row in table:
-        _print_metrics(f"k={row['k']} T={row['T']}", row)
+        print_metrics(f"k={row['k']} T={row['T']}", row)
     record = ResultRecord(
         task="knn",
         protocol={
@@ -210,7 +182,7 @@ def _run_knn(args: argparse.Namespace, runtime: Any) -> int:
                 **_common_settings(run, transform),
             },
         },
-        dataset=_dataset_record(args, train_ds, test_ds, run.options),
+        dataset=dataset_record(args, train_ds, test_ds, run.options),
         metrics=outcomes[primary].metrics,
         checkpoint=run.ckpt.describe(),
         started_at=run.started_at,
@@ -526,11 +498,11 @@ def _run_linear(args: argparse.Namespace, runtime: Any) -> int:
     if outcome is None:  # not the main rank: its share is done
         return 0
     (name, source, settings), train_ds, test_ds, metrics, extra = outcome
-    _print_metrics(f"linear {args.protocol}", metrics)
+    print_metrics(f"linear {args.protocol}", metrics)
     record = ResultRecord(
         task="linear",
         protocol={"name": name, "source": source, "settings": settings},
-        dataset=_dataset_record(args, train_ds, test_ds, run.options, uses_val=args.protocol == "lbfgs"),
+        dataset=dataset_record(args, train_ds, test_ds, run.options, uses_val=args.protocol == "lbfgs"),
         metrics=metrics,
         checkpoint=run.ckpt.describe(),
         started_at=run.started_at,

@@ -18,6 +18,7 @@ from sslbench.checkpoints.cli import add_checkpoint_arguments
 from sslbench.commandline import add_out_argument, add_overrides_argument, deprecated
 from sslbench.data.cli import add_dataset_arguments
 from sslbench.errors import ConfigError
+from sslbench.evaluate.reporting import dataset_record, print_metrics
 from sslbench.options import image_size
 from sslbench.run_folder import refuse_previous_run
 from sslbench.runtime.arguments import add_runtime_arguments
@@ -113,8 +114,6 @@ def _build_splits(
 
 
 def _print_outcome(outcome: Outcome, method: str, select: str) -> None:
-    from sslbench.evaluate.cli import _print_metrics
-
     for row in outcome.grid:
         print(
             f"lr {row['lr']:<9.3g} wd {row['weight_decay']:<9.3g} val top1 {row['val_top1']:6.2f}  "
@@ -122,7 +121,7 @@ def _print_outcome(outcome: Outcome, method: str, select: str) -> None:
         )
     how = f"chosen on val {select}" if outcome.grid else "given: no grid"
     print(f"lr {outcome.lr:.3g} wd {outcome.weight_decay:.3g} ({how})")
-    _print_metrics(f"finetune {method}", outcome.metrics)
+    print_metrics(f"finetune {method}", outcome.metrics)
 
 
 def _recipe_record(protocol: Protocol, outcome: Outcome) -> dict[str, Any]:
@@ -214,7 +213,6 @@ def _finetune_record(
 ) -> ResultRecord:
     """The run's ``result.json``: every setting that changes a number, the grid and the final run."""
     from sslbench.config import config_to_dict
-    from sslbench.evaluate.cli import _dataset_record
     from sslbench.evaluate.finetune import LAST_PARTIAL_BATCH
     from sslbench.evaluate.finetune_grid import CORETUNING_SOURCE
     from sslbench.models.vit_archs import is_vit_arch
@@ -254,7 +252,7 @@ def _finetune_record(
         task="finetune",
         protocol={"name": f"finetune-{config.name}-{config.method}", "source": source, "settings": settings},
         dataset={
-            **_dataset_record(args, splits.trainval, splits.test, options, uses_val=True),
+            **dataset_record(args, splits.trainval, splits.test, options, uses_val=True),
             "sizes": fingerprint["sizes"],
         },
         metrics=outcome.metrics,
