@@ -17,7 +17,19 @@ import torch
 from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import VisionTransformer
 from timm.optim import param_groups_layer_decay
-from vit_sources import ARCH, DEPTH, HEADS, IMAGE, LAYOUTS, PATCH, SOURCES, WIDTH, backbone_of, tiny_vit
+from vit_sources import (
+    ARCH,
+    DEPTH,
+    HEADS,
+    IMAGE,
+    LAYOUTS,
+    PATCH,
+    SOURCES,
+    WIDTH,
+    backbone_of,
+    tiny_vit,
+    write_layouts,
+)
 
 from sslbench.checkpoints.readers import read_checkpoint
 from sslbench.cli import main, parse_command_line
@@ -52,12 +64,7 @@ def vit() -> VisionTransformer:
 
 @pytest.fixture(scope="module")
 def files(vit: VisionTransformer, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    folder = tmp_path_factory.mktemp("vit_ft_ckpts")
-    paths = {}
-    for name in LAYOUTS:
-        paths[name] = folder / f"{name}.pth"
-        torch.save(SOURCES[name][0](vit), paths[name])
-    return paths
+    return write_layouts(vit, tmp_path_factory.mktemp("vit_ft_ckpts"))
 
 
 @pytest.fixture(scope="module")
@@ -189,22 +196,27 @@ def test_step_zero_backbone_equals_the_file_with_positions_resized_as_timm_does(
     assert starts == [0]  # the final run (lr and wd given: no grid)
 
 
+def _timm_avg_pooled_vit(num_classes: int) -> VisionTransformer:
+    """timm's own ViT of the tiny shape with MAE's pooling: mean of the patch tokens, then fc_norm."""
+    return VisionTransformer(
+        img_size=IMAGE,
+        patch_size=PATCH,
+        embed_dim=WIDTH,
+        depth=DEPTH,
+        num_heads=HEADS,
+        num_classes=num_classes,
+        global_pool="avg",
+        fc_norm=True,
+    )
+
+
 def test_avg_pool_feature_equals_timms_global_avg_pool_with_fc_norm(files: dict[str, Path]) -> None:
     ckpt = read_checkpoint(files["mae"])
     model = build_finetune_model(ckpt, 4, "ce", CoreTuningSettings(), 0, MAE_OPTIONS).eval()
     with torch.no_grad():
         model.fc_norm.weight.normal_()  # type: ignore[union-attr]
         model.fc_norm.bias.normal_()  # type: ignore[union-attr]
-    timm_avg = VisionTransformer(
-        img_size=IMAGE,
-        patch_size=PATCH,
-        embed_dim=WIDTH,
-        depth=DEPTH,
-        num_heads=HEADS,
-        num_classes=0,
-        global_pool="avg",
-        fc_norm=True,
-    ).eval()
+    timm_avg = _timm_avg_pooled_vit(0).eval()
     weights = {k: v for k, v in ckpt.state_dict.items() if not k.startswith("norm.")}
     weights |= {f"fc_norm.{k}": v for k, v in model.fc_norm.state_dict().items()}  # type: ignore[union-attr]
     timm_avg.load_state_dict(weights, strict=True)
@@ -234,16 +246,7 @@ def test_mae_parameter_groups_follow_maes_layer_rule_and_timms_on_the_avg_pooled
     assert ours["classifier.weight"] == (1.0, 0.05) and ours["backbone.pos_embed"][1] == 0.0
 
     # timm's own helper on timm's avg-pooled ViT gives the same scales and decays (head <-> classifier)
-    timm_avg = VisionTransformer(
-        img_size=IMAGE,
-        patch_size=PATCH,
-        embed_dim=WIDTH,
-        depth=DEPTH,
-        num_heads=HEADS,
-        num_classes=4,
-        global_pool="avg",
-        fc_norm=True,
-    )
+    timm_avg = _timm_avg_pooled_vit(4)
     theirs = {}
     for g in param_groups_layer_decay(timm_avg, 0.05, timm_avg.no_weight_decay(), layer_decay=0.65):
         for p in g["params"]:

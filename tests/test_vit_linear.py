@@ -23,7 +23,7 @@ from timm.models.vision_transformer import VisionTransformer
 from timm.optim import Lars as TimmLars
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
-from vit_sources import ARCH, DEPTH, IMAGE, LAYOUTS, SOURCES, WIDTH, tiny_vit
+from vit_sources import ARCH, DEPTH, IMAGE, LAYOUTS, WIDTH, tiny_vit, write_layouts
 
 import sslbench.evaluate.linear as linear_module
 from sslbench.cli import main
@@ -49,12 +49,7 @@ def vit() -> VisionTransformer:
 
 @pytest.fixture(scope="module")
 def files(vit: VisionTransformer, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    folder = tmp_path_factory.mktemp("vit_ckpts")
-    paths = {}
-    for name in LAYOUTS:
-        paths[name] = folder / f"{name}.pth"
-        torch.save(SOURCES[name][0](vit), paths[name])
-    return paths
+    return write_layouts(vit, tmp_path_factory.mktemp("vit_ckpts"))
 
 
 @pytest.fixture(scope="module")

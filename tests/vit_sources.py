@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -200,3 +201,11 @@ SOURCES: dict[str, tuple[Callable[[nn.Module], Any], str, set[str]]] = {
     "torchvision": (torchvision_file, "torchvision-vit", {"heads"}),
 }
 LAYOUTS = ("dino", "mocov3", "mae", "timm", "torchvision")  # one per source (DINO's released file is timm's)
+
+
+def write_layouts(model: nn.Module, folder: Path) -> dict[str, Path]:
+    """``model`` saved in every source's layout of :data:`LAYOUTS`: name -> file."""
+    paths = {name: folder / f"{name}.pth" for name in LAYOUTS}
+    for name, path in paths.items():
+        torch.save(SOURCES[name][0](model), path)
+    return paths

@@ -48,8 +48,26 @@ LR_REFERENCE_BATCH = 256  # DINO and MAE: lr = base lr x global batch / 256 (the
 DINO_WIDE_VIT = 768  # DINO eval_linear.py help: n=4 for ViT-Small, n=1 + avgpool for ViT-Base (width 768)
 
 
+class ScaledLrSettings:
+    """A recipe whose lr, unless ``lr`` gives one, is ``base_lr x batch_size / 256`` (DINO, MAE)."""
+
+    lr: float | None
+    base_lr: float
+    batch_size: int
+    crop_scale: tuple[float, float]
+
+    def effective_lr(self) -> float:
+        return self.lr if self.lr is not None else self.base_lr * self.batch_size / LR_REFERENCE_BATCH
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)  # type: ignore[call-overload]  # the subclasses are dataclasses
+        data["crop_scale"] = list(self.crop_scale)
+        data["effective_lr"] = self.effective_lr()
+        return data
+
+
 @dataclass
-class DinoLinearSettings:
+class DinoLinearSettings(ScaledLrSettings):
     """DINO eval_linear.py (Caron et al. 2021) argparse defaults: base lr 0.001 per 256 images,
     128 images per GPU (one process: the global batch; the README's 8 GPUs make 1024), 100 epochs,
     SGD momentum 0.9 with weight decay 0, CosineAnnealingLR(epochs, eta_min=0) stepped per epoch,
@@ -69,15 +87,6 @@ class DinoLinearSettings:
     crop_scale: tuple[float, float] = (0.08, 1.0)
     seed: int = 0
 
-    def effective_lr(self) -> float:
-        return self.lr if self.lr is not None else self.base_lr * self.batch_size / LR_REFERENCE_BATCH
-
-    def as_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["crop_scale"] = list(self.crop_scale)
-        data["effective_lr"] = self.effective_lr()
-        return data
-
 
 def dino_recipe_for_width(width: int) -> tuple[int, bool]:
     """``(n_last_blocks, avgpool_patchtokens)`` DINO used at this width: its ViT-Base recipe (1, True)
@@ -93,7 +102,7 @@ DINO_RECIPE_RULE = (
 
 
 @dataclass
-class MaeLinearSettings:
+class MaeLinearSettings(ScaledLrSettings):
     """MAE main_linprobe.py (He et al. 2022) argparse defaults: blr 0.1 per 256 images, 512 images
     per GPU (one process: the global batch; the README's 32 GPUs make 16384), 90 epochs, 10 warm-up
     epochs then half-cycle cosine to min_lr 0 set every iteration (util/lr_sched.py), LARS momentum
@@ -113,12 +122,3 @@ class MaeLinearSettings:
     bn_eps: float = 1e-6
     crop_scale: tuple[float, float] = (0.08, 1.0)
     seed: int = 0
-
-    def effective_lr(self) -> float:
-        return self.lr if self.lr is not None else self.base_lr * self.batch_size / LR_REFERENCE_BATCH
-
-    def as_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["crop_scale"] = list(self.crop_scale)
-        data["effective_lr"] = self.effective_lr()
-        return data
