@@ -477,3 +477,20 @@ def test_cuda_runs_the_mae_recipe_with_bf16_autocast(
     assert main(argv) == 0
     settings = read_record(out / "result.json").protocol["settings"]
     assert settings["precision"] == "bf16-autocast" and settings["device"].startswith("cuda")
+
+
+def test_randaugment_posterize_at_magnitude_10_gives_the_black_image_instead_of_raising() -> None:
+    """MAE's rand-m9-mstd0.5-inc1 reaches magnitude 10 (0 bits kept) in ~2% of draws: Pillow 13 raises
+    there, Pillow < 13 (MAE's) returned a black image; the transform keeps the old result."""
+    from PIL import Image
+    from timm.data.auto_augment import RandAugment
+
+    transform = timm_train_transform(IMAGE, (0.08, 1.0), "bicubic", "rand-m9-mstd0.5-inc1", 0.0)
+    [augment] = [t for t in transform.transforms if isinstance(t, RandAugment)]  # type: ignore[attr-defined]
+    [op] = [op for op in augment.ops if op.name == "PosterizeIncreasing"]
+    op.prob, op.magnitude, op.magnitude_std = 1.0, 10, 0
+    image = Image.fromarray(np.random.default_rng(0).integers(1, 256, (IMAGE, IMAGE, 3), dtype=np.uint8))
+    assert not np.asarray(op(image)).any()
+    op.magnitude = 5  # 2 bits kept: Pillow's own posterize, unchanged
+    expected = np.asarray(image) & 0b11000000
+    assert np.array_equal(np.asarray(op(image)), expected)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 
 import torch
+from PIL import Image
 from torchvision import transforms as T
 from torchvision.transforms import functional as TF
 
@@ -139,7 +140,7 @@ def timm_train_transform(
     mode, one box (MAE --remode pixel --recount 1)."""
     from timm.data import create_transform
 
-    return create_transform(
+    transform = create_transform(
         input_size=image_size,
         is_training=True,
         scale=scale,
@@ -152,3 +153,27 @@ def timm_train_transform(
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
     )
+    keep_zero_bit_posterize(transform)
+    return transform
+
+
+def _posterize(img: Image.Image, bits_to_keep: int, **kwargs: object) -> Image.Image:
+    """Pillow's posterize, where keeping 0 bits gives the black image Pillow < 13 gave."""
+    from timm.data import auto_augment
+
+    if bits_to_keep <= 0:
+        return Image.new(img.mode, img.size)
+    return auto_augment.posterize(img, bits_to_keep, **kwargs)
+
+
+def keep_zero_bit_posterize(transform: object) -> None:
+    """timm's increasing posterize (RandAugment ``inc1``) keeps ``4 - int(m / 10 * 4)`` bits: 0 at
+    magnitude 10, which ``mstd0.5`` around m9 reaches after clipping in ~2% of its draws. Pillow < 13
+    (what MAE ran) returned a black image for 0 bits; Pillow 13 raises. The RandAugment inside
+    ``transform`` is given the old result, so the recipe neither crashes nor changes."""
+    from timm.data import auto_augment
+
+    for step in getattr(transform, "transforms", ()):
+        for op in getattr(step, "ops", ()) if isinstance(step, auto_augment.RandAugment) else ():
+            if op.aug_fn is auto_augment.posterize:
+                op.aug_fn = _posterize

@@ -120,7 +120,9 @@ def _print_outcome(outcome: Outcome, method: str, select: str) -> None:
             f"mean/class {row['val_mean_per_class']:6.2f}" + ("  (done earlier)" if row["skipped"] else "")
         )
     how = f"chosen on val {select}" if outcome.grid else "given: no grid"
-    print(f"lr {outcome.lr:.3g} wd {outcome.weight_decay:.3g} ({how})")
+    effective = outcome.final["effective_lr"]
+    scaled = f"; effective lr {effective:.3g}, scaled with the batch" if effective != outcome.lr else ""
+    print(f"lr {outcome.lr:.3g} wd {outcome.weight_decay:.3g} ({how}{scaled})")
     print_metrics(f"finetune {method}", outcome.metrics)
 
 
