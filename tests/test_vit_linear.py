@@ -273,11 +273,11 @@ def test_dino_and_mae_commands_run_on_every_source_layout_and_record_their_recip
     assert "last 2 blocks" in settings["features"] and dino.checkpoint["arch"] == ARCH
     assert dino.extra["features"]["test"]["dim"] == 2 * WIDTH
 
-    assert main(_linear(files[source], cub, tmp_path / "mae", "mae", *one_epoch)) == 0
+    assert main(_linear(files[source], cub, tmp_path / "mae", "mae", *one_epoch, "--warmup-epochs=0")) == 0
     mae = read_record(tmp_path / "mae" / "result.json")
     settings = mae.protocol["settings"]
     assert mae.protocol["name"] == "linear-mae" and "util/lars.py" in mae.protocol["source"]
-    assert settings["effective_lr"] == pytest.approx(0.1 * 8 / 256) and settings["warmup_epochs"] == 10
+    assert settings["effective_lr"] == pytest.approx(0.1 * 8 / 256) and settings["warmup_epochs"] == 0
     assert "BatchNorm1d(D, affine=False, eps=1e-06)" in settings["head"] and "LARS" in settings["optimizer"]
     assert settings["drop_last"] is True and "SingleDrawResizedCrop" in settings["train_transform"]
     assert "bicubic" in settings["train_transform"] and settings["feature"] == "cls"
@@ -381,6 +381,9 @@ def test_linear_bad_values_are_one_line_and_write_nothing(
             refused(capsys, _linear(dino, cub, out, protocol, option, "nan"), f"argument {option}")
         refused(capsys, _linear(dino, cub, out, protocol, "--lr", "1", "--base-lr", "1"), "choose one")
     refused(capsys, _linear(dino, cub, out, "mae", "--warmup-epochs", "-1"), "argument --warmup-epochs")
+    # MAE's 10 warm-up epochs on a 2-epoch run: the lr would never leave the warm-up
+    refused(capsys, _linear(dino, cub, out, "mae", "--epochs", "2"), "--warmup-epochs 10 (MAE's default", "--epochs 2")
+    refused(capsys, _linear(dino, cub, out, "mae", "--epochs", "2", "--warmup-epochs", "2"), "not shorter")
     refused(capsys, _linear(dino, cub, out, "mae", "--n-last-blocks", "1"), "are for --protocol dino")
     refused(capsys, _linear(dino, cub, out, "dino", "--warmup-epochs", "1"), "is for --protocol mae")
     refused(capsys, _linear(resnet, cub, out, "sgd", "--base-lr", "1"), "--base-lr is for --protocol")
@@ -392,7 +395,7 @@ def test_another_recipe_in_the_same_out_is_refused_by_name_even_where_changes_ar
     files: dict[str, Path], cub: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "o"
-    assert main(_linear(files["mae"], cub, out, "mae", "--epochs", "1")) == 0
+    assert main(_linear(files["mae"], cub, out, "mae", "--epochs", "1", "--warmup-epochs", "0")) == 0
     state = out / "linear_state.pth"
     before = state.read_bytes()
     dino = _linear(files["mae"], cub, out, "dino", "--epochs", "1", "--n-last-blocks", "1", "--overwrite")

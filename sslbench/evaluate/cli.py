@@ -478,6 +478,14 @@ def resolve_linear_defaults(args: argparse.Namespace) -> None:
         args.base_lr = defaults.base_lr
     if args.protocol == "mae" and args.warmup_epochs is None:
         args.warmup_epochs = defaults.warmup_epochs
+        given = " (MAE's default, as --warmup-epochs was not given)"
+    else:
+        given = ""
+    if args.protocol == "mae" and args.warmup_epochs >= args.epochs:
+        raise ConfigError(
+            f"--warmup-epochs {args.warmup_epochs}{given} is not shorter than --epochs {args.epochs}: the lr "
+            "would never leave its warm-up; give fewer warm-up epochs (0 for none)"
+        )
 
 
 def run_linear(args: argparse.Namespace) -> int:
