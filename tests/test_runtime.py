@@ -23,6 +23,8 @@ from sslbench.evaluate import coretuning
 from sslbench.evaluate.features import extract_features, extract_split
 from sslbench.evaluate.finetune import CoreTuningSettings, FinetuneModel
 from sslbench.evaluate.linear import SgdSettings, epoch_loaders, train_linear_head
+from sslbench.evaluate.linear_recipes import DinoLinearRecipe, LinearRecipe, MaeLinearRecipe
+from sslbench.evaluate.protocol_defaults import DinoLinearSettings, MaeLinearSettings
 from sslbench.runtime.collectives import gather_rows
 from sslbench.runtime.precision import Precision
 from sslbench.runtime.process import Runtime
@@ -163,6 +165,42 @@ def test_ddp_sgd_probe_equals_one_process_with_the_same_global_batch(tmp_path: P
             assert torch.allclose(got["head"][key], value, atol=1e-5, rtol=1e-5), key
         assert [h["lr"] for h in got["history"]] == [h["lr"] for h in run.history]
         for a, b in zip(got["history"], run.history, strict=True):
+            assert a["loss"] == pytest.approx(b["loss"], rel=1e-5) and a["train_top1"] == b["train_top1"]
+
+
+DINO = DinoLinearRecipe(DinoLinearSettings(epochs=3, lr=0.5, batch_size=8, seed=4))
+MAE = MaeLinearRecipe(MaeLinearSettings(epochs=3, warmup_epochs=1, lr=0.5, batch_size=8, seed=4))
+
+
+def _recipe_job(runtime: Runtime, out: Path, recipe: LinearRecipe) -> None:
+    loaders = epoch_loaders(_images(21, 1), recipe.settings, runtime, drop_last=recipe.drop_last)
+    run = train_linear_head(_backbone(), 8, 3, loaders, recipe, CPU, progress=False, runtime=runtime)
+    saved = {"head": run.head.state_dict(), "history": run.history}
+    torch.save(saved, out / f"{recipe.name}{runtime.rank}.pt")
+
+
+@pytest.mark.parametrize("recipe", [DINO, MAE], ids=["dino", "mae"])
+def test_ddp_dino_and_mae_probes_run_one_global_batch_over_the_ranks(
+    recipe: LinearRecipe, tmp_path: Path
+) -> None:
+    """DINO's head (a plain Linear) on 2 ranks equals one process. MAE's BatchNorm normalises each
+    rank's share with its own batch statistics, as MAE does (no SyncBN), so only the lr schedule is
+    compared with one process; both ranks end with the same weights."""
+    _on_two_ranks(_recipe_job, tmp_path, recipe)
+    one = Runtime(device=CPU)
+    loaders = epoch_loaders(_images(21, 1), recipe.settings, one, drop_last=recipe.drop_last)
+    run = train_linear_head(_backbone(), 8, 3, loaders, recipe, CPU, progress=False)
+    ranks = [torch.load(tmp_path / f"{recipe.name}{r}.pt", weights_only=True) for r in (0, 1)]
+    for key in run.head.state_dict():
+        # DDP sends rank 0's buffers at each forward, then each rank's BatchNorm updates its running
+        # statistics with its own share: they differ at the end (rank 0's head is the one scored)
+        same = torch.equal(ranks[0]["head"][key], ranks[1]["head"][key])
+        assert same or (recipe is MAE and "running_" in key), key
+    assert [h["lr"] for h in ranks[0]["history"]] == [h["lr"] for h in run.history]
+    if recipe is DINO:
+        for key, value in run.head.state_dict().items():
+            assert torch.allclose(ranks[0]["head"][key], value, atol=1e-5, rtol=1e-5), key
+        for a, b in zip(ranks[0]["history"], run.history, strict=True):
             assert a["loss"] == pytest.approx(b["loss"], rel=1e-5) and a["train_top1"] == b["train_top1"]
 
 
