@@ -18,8 +18,7 @@ from sslbench.checkpoints import cli as checkpoints_cli
 from sslbench.commandline import CommandParser, HelpFormatter, configure, take_overrides
 from sslbench.data import cli as data_cli
 from sslbench.errors import SslbenchError
-from sslbench.evaluate import cli as evaluate_cli
-from sslbench.evaluate import finetune_cli
+from sslbench.evaluate import finetune_cli, knn_cli, linear_cli
 from sslbench.pretrain import cli as pretrain_cli
 from sslbench.runtime.signals import EXIT_INTERRUPTED, TrainingInterrupted
 from sslbench.tools import cli as tools_cli
@@ -29,7 +28,8 @@ REGISTRARS = (
     checkpoints_cli.register,
     pretrain_cli.register,
     data_cli.register,
-    evaluate_cli.register,
+    knn_cli.register,
+    linear_cli.register,
     finetune_cli.register,
     transfer_cli.register,
     tools_cli.register,

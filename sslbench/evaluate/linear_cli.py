@@ -1,44 +1,24 @@
-"""``sslbench knn`` and ``sslbench linear``: thin commands around the probes of ``evaluate/``.
+"""``sslbench linear``: the L-BFGS probe (ssl-transfer) and the trained heads of MoCo, DINO and MAE.
 
-Each reads any checkpoint, computes (or reads from the feature cache) the features of the splits
-its protocol needs, runs the probe and writes ``--out/result.json``. Under ``torchrun`` the features
-are extracted by every rank (each its shard) and the SGD probe trains in DDP; rank 0 runs the
-kNN / L-BFGS probe and writes the record.
+``--protocol lbfgs`` fits scikit-learn's logistic regression on cached features; ``sgd``, ``dino`` and
+``mae`` train their recipe's head on the frozen backbone (:mod:`sslbench.evaluate.linear_recipes`)
+over one resumable loop (:func:`sslbench.evaluate.linear.train_linear_head`), in DDP under
+``torchrun``. Each writes ``--out/result.json`` naming its protocol, source and every setting.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sslbench.checkpoints.cli import add_checkpoint_arguments
-from sslbench.data.cli import add_dataset_arguments
 from sslbench.errors import ConfigError
-from sslbench.evaluate.protocol_defaults import (
-    C_GRID_SIZE,
-    KNN_SETTINGS,
-    LBFGS_MAX_ITER,
-    PRIMARY_SETTING,
-    QUERY_CHUNK,
-    SgdSettings,
-)
+from sslbench.evaluate.eval_run import EvalRun, add_common_arguments, common_settings, open_run
+from sslbench.evaluate.protocol_defaults import C_GRID_SIZE, LBFGS_MAX_ITER, SgdSettings
 from sslbench.evaluate.reporting import dataset_record, print_metrics
-from sslbench.options import (
-    image_size,
-    knn_setting,
-    non_negative_float,
-    non_negative_int,
-    positive_float,
-    positive_int,
-    unit_fraction,
-)
-from sslbench.run_folder import refuse_existing_record, refuse_unwritable
+from sslbench.options import non_negative_float, non_negative_int, positive_float, positive_int, unit_fraction
 from sslbench.runtime.arguments import add_runtime_arguments
 
-KNN_SOURCE = "DINO eval_knn.py (Caron et al. 2021); k=200, T=0.1 from InstDisc (Wu et al. 2018)"
 LBFGS_SOURCE = "ssl-transfer linear.py (Ericsson et al. CVPR 2021)"
 WD_TEXT = "-6, 5"
 DINO_RESNET_FEATURE = (
@@ -50,150 +30,7 @@ MAE_FEATURE = (
 )
 
 
-@dataclass
-class _Run:
-    """What every evaluation command sets up: checkpoint, device, cache, dataset options."""
-
-    args: argparse.Namespace
-    ckpt: Any  # CanonicalCheckpoint
-    runtime: Any  # Runtime
-    device: Any  # torch.device
-    cache: Any  # FeatureCache | None
-    options: dict[str, Any]
-    model: Any  # () -> nn.Module, built at most once
-    started_at: str  # when the command began, for the record
-
-    def split(
-        self, split: str, transform: Any, model: Any = None, identity: str | None = None
-    ) -> tuple[Any, Any]:
-        """The dataset split and its features (from the cache when there); ``model`` (a factory) and
-        ``identity`` (what the cache keys on) replace the checkpoint's evaluated backbone's."""
-        from sslbench.data.registry import build_dataset
-        from sslbench.data.transforms import describe_transform
-        from sslbench.evaluate.features import FeatureKey, split_features
-        from sslbench.models.backbones import feature_identity
-        from sslbench.runtime.precision import Precision
-
-        args = self.args
-        dataset = build_dataset(args.dataset, args.root, split, transform, **self.options)
-        if len(dataset) == 0:
-            raise ConfigError(f"{args.dataset}: the {split} split is empty under {args.root}")
-        precision = Precision(self.device).name
-        key = FeatureKey.of(
-            identity if identity is not None else feature_identity(self.ckpt),
-            dataset,
-            args.root,
-            self.options,
-            describe_transform(transform),
-            precision,
-        )
-        features = split_features(
-            dataset, key, model or self.model, self.cache, self.runtime, args.batch_size, args.workers
-        )
-        return dataset, features
-
-
-def _open_run(args: argparse.Namespace, runtime: Any) -> _Run:
-    import torch
-
-    from sslbench.checkpoints.cli import checkpoint_from_args
-    from sslbench.data.cli import dataset_options_from_args
-    from sslbench.evaluate.features import FeatureCache, lazy
-    from sslbench.models.backbones import build_evaluated_backbone, check_image_size
-    from sslbench.tools.records import RECORD_NAME, utc_now
-
-    started_at = utc_now()
-    if not args.overwrite:
-        refuse_existing_record(Path(args.out), RECORD_NAME)
-    ckpt = checkpoint_from_args(args)
-    check_image_size(ckpt, args.image_size)
-    refuse_unwritable(Path(args.out))  # fails now, not after the features are computed
-
-    def backbone() -> torch.nn.Module:
-        return build_evaluated_backbone(ckpt, args.image_size)
-
-    cache_dir = (
-        args.cache_dir if args.cache_dir is not None else Path(args.out).resolve().parent / ".feature_cache"
-    )
-    cache = None if args.no_cache else FeatureCache(cache_dir)
-    options = dataset_options_from_args(args)
-    return _Run(args, ckpt, runtime, runtime.device, cache, options, lazy(backbone), started_at)
-
-
-def _common_settings(run: _Run, transform: Any) -> dict[str, Any]:
-    from sslbench.data.transforms import describe_transform
-    from sslbench.models.backbones import feature_settings
-    from sslbench.runtime.precision import Precision
-
-    return {
-        "image_size": run.args.image_size,
-        "transform": describe_transform(transform),
-        **feature_settings(run.ckpt),
-        "precision": Precision(run.device).name,
-        "device": str(run.device),
-        "world_size": run.runtime.world,
-    }
-
-
-def run_knn(args: argparse.Namespace) -> int:
-    from sslbench.runtime.process import launched
-
-    with launched(args.device) as runtime:
-        return _run_knn(args, runtime)
-
-
-def _run_knn(args: argparse.Namespace, runtime: Any) -> int:
-    from sslbench.data.transforms import eval_transform, resize_for_crop
-    from sslbench.evaluate.features import describe_splits
-    from sslbench.evaluate.knn import index_description, knn_classify, use_gpu_index
-    from sslbench.tools.records import ResultRecord, write_record
-
-    settings = list(dict.fromkeys(args.knn))
-    primary = args.primary
-    if primary not in settings:
-        raise ConfigError(f"--primary {primary[0]}:{primary[1]} is not among the --knn settings")
-    run = _open_run(args, runtime)
-    transform = eval_transform(args.image_size)
-    train_ds, train = run.split("trainval", transform)
-    test_ds, test = run.split("test", transform)
-    if not runtime.main:
-        return 0
-    outcomes = knn_classify(
-        train.features, train.labels, test.features, test.labels, settings, args.chunk_size, progress=True
-    )
-    table = [{"k": o.k, "T": o.temperature, "k_used": o.k_used, **o.metrics} for o in outcomes.values()]
-    for row in table:
-        print_metrics(f"k={row['k']} T={row['T']}", row)
-    record = ResultRecord(
-        task="knn",
-        protocol={
-            "name": "knn",
-            "source": KNN_SOURCE,
-            "settings": {
-                "knn": [list(s) for s in settings],
-                "primary": list(primary),
-                "vote": "sum of exp(cos/T) over the k nearest, per class",
-                "normalise": "l2",
-                "index": index_description(use_gpu_index()),
-                "query_chunk": args.chunk_size,
-                "resize": resize_for_crop(args.image_size),
-                "train_split": "trainval",
-                "test_split": "test",
-                **_common_settings(run, transform),
-            },
-        },
-        dataset=dataset_record(args, train_ds, test_ds, run.options),
-        metrics=outcomes[primary].metrics,
-        checkpoint=run.ckpt.describe(),
-        started_at=run.started_at,
-        seed=args.seed,
-        extra={"knn": table, "features": describe_splits([("trainval", train), ("test", test)])},
-    )
-    print(f"wrote {write_record(args.out, record)}")
-    return 0
-
-
-def _linear_lbfgs(args: argparse.Namespace, run: _Run) -> Any:
+def _linear_lbfgs(args: argparse.Namespace, run: EvalRun) -> Any:
     import numpy as np
 
     from sslbench.data.registry import DATASETS
@@ -235,7 +72,7 @@ def _linear_lbfgs(args: argparse.Namespace, run: _Run) -> Any:
         "refit_split": "trainval",
         "test_split": "test",
         "best_C": result.best_c,
-        **_common_settings(run, transform),
+        **common_settings(run, transform),
     }
     extra = {
         "c_sweep": result.sweep,
@@ -305,7 +142,9 @@ def _dino_layout(args: argparse.Namespace, arch: str) -> tuple[int, bool]:
     return n_last, avgpool
 
 
-def _linear_features(args: argparse.Namespace, run: _Run, recipe: Any) -> tuple[Any, int, str | None, dict]:
+def _linear_features(
+    args: argparse.Namespace, run: EvalRun, recipe: Any
+) -> tuple[Any, int, str | None, dict]:
     """The frozen module the head trains on, its output width, the feature cache identity of its
     test features (None: the evaluated backbone's) and what the record says about the feature."""
     from sslbench.models.backbones import feature_identity, feature_width
@@ -346,7 +185,7 @@ def _train_transform(args: argparse.Namespace, crop_scale: tuple[float, float]) 
     return train_transform(args.image_size, crop_scale)
 
 
-def _linear_trained(args: argparse.Namespace, run: _Run) -> Any:
+def _linear_trained(args: argparse.Namespace, run: EvalRun) -> Any:
     """``--protocol sgd|dino|mae``: train the recipe's head on the frozen features over augmented
     trainval images, check the backbone did not move, score the last epoch's head on test."""
     from sslbench.data.registry import build_dataset
@@ -404,7 +243,7 @@ def _linear_trained(args: argparse.Namespace, run: _Run) -> Any:
         "test_split": "test",
         "train_transform": describe_transform(augment),
         "test_metric_epoch": "last",
-        **_common_settings(run, test_transform),
+        **common_settings(run, test_transform),
         **feature_record,
     }
     if args.protocol != "sgd":
@@ -499,7 +338,7 @@ def run_linear(args: argparse.Namespace) -> int:
 def _run_linear(args: argparse.Namespace, runtime: Any) -> int:
     from sslbench.tools.records import ResultRecord, write_record
 
-    run = _open_run(args, runtime)
+    run = open_run(args, runtime)
     refuse_protocol_for_arch(args.protocol, run.ckpt.arch)
     probe = _linear_lbfgs if args.protocol == "lbfgs" else _linear_trained
     outcome = probe(args, run)
@@ -521,63 +360,14 @@ def _run_linear(args: argparse.Namespace, runtime: Any) -> int:
     return 0
 
 
-def _add_common(p: argparse.ArgumentParser, batch_size: int | None) -> None:
-    """``batch_size`` None: the protocol's default, filled in after parsing (linear)."""
-    add_checkpoint_arguments(p)
-    add_dataset_arguments(p)
-    p.add_argument("--out", type=Path, required=True, help="run folder: result.json is written there")
-    p.add_argument(
-        "--overwrite", action="store_true", help="replace a result.json already in --out (default: refuse)"
-    )
-    p.add_argument("--image-size", type=image_size, default=224, help="crop size (224 in the protocols)")
-    by_protocol = "" if batch_size is not None else " (by protocol: lbfgs and sgd 256, dino 128, mae 512)"
-    p.add_argument(
-        "--batch-size", type=positive_int, default=batch_size, help=f"images per batch{by_protocol}"
-    )
-    p.add_argument(
-        "--workers",
-        type=non_negative_int,
-        default=min(8, os.cpu_count() or 1),
-        help="DataLoader worker processes",
-    )
-    p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
-    p.add_argument("--cache-dir", type=Path, help="feature cache folder (default: <--out>/../.feature_cache)")
-    p.add_argument("--no-cache", action="store_true", help="neither read nor write cached features")
-    p.add_argument("--seed", type=int, default=0, help="recorded; seeds the SGD probe's data order")
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("knn", help="weighted kNN probe on frozen features (DINO / InstDisc protocol)")
-    _add_common(p, batch_size=256)
-    p.add_argument(
-        "--knn",
-        type=knn_setting,
-        nargs="+",
-        default=list(KNN_SETTINGS),
-        metavar="K:T",
-        help="(k, temperature) pairs; default 10:0.07 20:0.07 100:0.07 200:0.07 200:0.1",
-    )
-    p.add_argument(
-        "--primary",
-        type=knn_setting,
-        default=PRIMARY_SETTING,
-        metavar="K:T",
-        help="setting reported as the record's metrics (default: {}:{})".format(*PRIMARY_SETTING),
-    )
-    p.add_argument("--chunk-size", type=positive_int, default=QUERY_CHUNK, help="queries per FAISS search")
-    p.set_defaults(run=run_knn)
-
-    _register_linear(subparsers)
-
-
-def _register_linear(subparsers: argparse._SubParsersAction) -> None:
     from sslbench.evaluate.protocol_defaults import DinoLinearSettings, MaeLinearSettings
 
     d, dino, mae = SgdSettings(), DinoLinearSettings(), MaeLinearSettings()
     p = subparsers.add_parser(
         "linear", help="linear probe: L-BFGS (ssl-transfer), SGD (MoCo), or the ViT recipes of DINO and MAE"
     )
-    _add_common(p, batch_size=None)
+    add_common_arguments(p, batch_size=None)
     p.add_argument(
         "--protocol",
         choices=("lbfgs", "sgd", "dino", "mae"),
